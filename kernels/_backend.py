@@ -1,0 +1,69 @@
+"""Which implementation runs an op: compiled Triton, the Triton interpreter, or the PyTorch twin.
+
+``TRITON_INTERPRET`` is read once, at import, because Triton decides at decoration time whether
+a kernel is compiled or interpreted. ``SSGAN_KERNELS`` (or :func:`set_backend`) is read at every
+call, so tests and the trainer can switch paths without re-importing.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+BACKENDS = ("auto", "triton", "torch")
+_override: str | None = None
+
+
+def set_backend(name: str | None) -> None:
+    """Force ``"auto"``, ``"triton"`` or ``"torch"`` for every later call; ``None`` defers to
+    the ``SSGAN_KERNELS`` environment variable again."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"kernel backend must be one of {BACKENDS}, got {name!r}")
+    global _override
+    _override = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    """Run a block with :func:`set_backend`'s choice, restoring the previous one afterwards."""
+    global _override
+    previous = _override
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _override = previous
+
+
+def requested_backend() -> str:
+    """The backend asked for: :func:`set_backend`'s choice, else ``SSGAN_KERNELS``, else auto."""
+    name = _override or os.environ.get("SSGAN_KERNELS", "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"SSGAN_KERNELS must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def backend_for(tensor: torch.Tensor) -> str:
+    """The path an op on ``tensor`` takes: ``"triton"``, ``"interpret"`` or ``"torch"``.
+
+    auto: CUDA tensors use compiled Triton; CPU tensors use the interpreter when
+    ``TRITON_INTERPRET=1`` was set before import, else the PyTorch twins.
+    triton: like auto, but a tensor no Triton path can serve raises instead of falling back.
+    """
+    name = requested_backend()
+    if name == "torch":
+        return "torch"
+    if INTERPRET:
+        return "interpret"
+    if tensor.is_cuda:
+        return "triton"
+    if name == "triton":
+        raise ValueError(
+            f"SSGAN_KERNELS=triton, but no Triton path serves a tensor on {tensor.device}: "
+            "use a CUDA device, set TRITON_INTERPRET=1 before importing ssgan for CPU tensors, "
+            "or choose the torch backend (SSGAN_KERNELS=torch / --kernels torch)"
+        )
+    return "torch"

@@ -1,0 +1,274 @@
+"""Fused per-channel affine + leaky-ReLU + inverted dropout.
+
+One pass reads ``x`` and writes ``y``. Backward reads ``x`` and ``dy``, regenerates the dropout
+mask from the seed (no mask is ever stored), writes ``dx`` and reduces ``dscale``/``dshift`` per
+channel in two deterministic stages: per-program partial sums, then a sum over programs.
+
+Tensors are viewed as (N, C, S) with S the product of the trailing dims. Two memory layouts run
+natively: channels-first (plain contiguous) and channels-last (``torch.channels_last``, and every
+2-D (N, C) tensor); anything else is made contiguous first. The dropout random number of an
+element depends only on its row-major logical index, so the layout never changes the mask.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _checks, reference
+from ._backend import backend_for
+
+BLOCK_ELEMENTS = 2048  # elements per program: big enough to hide latency, small for registers
+MAX_CHANNEL_BLOCK = 256
+
+
+@triton.jit
+def _tile(pid_a, pid_b, R, C, S, num_s_blocks,
+          CHANNELS_LAST: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Memory offsets, row-major logical indices, channel ids and bounds mask of one tile."""
+    if CHANNELS_LAST:
+        # tile rows are positions r = n*S + s, tile columns are channels; memory is r*C + c
+        r = (pid_a * BLOCK_A + tl.arange(0, BLOCK_A))[:, None]
+        c = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B))[None, :]
+        in_bounds = (r < R) & (c < C)
+        offs = r * C + c
+        logical = (r // S) * (C * S) + c * S + (r % S)
+    else:
+        # one batch item n per program; tile rows are channels, tile columns are positions
+        n = pid_a // num_s_blocks
+        c = (pid_b * BLOCK_A + tl.arange(0, BLOCK_A))[:, None]
+        s = ((pid_a % num_s_blocks) * BLOCK_B + tl.arange(0, BLOCK_B))[None, :]
+        in_bounds = (c < C) & (s < S)
+        offs = n * (C * S) + c * S + s
+        logical = offs
+    return offs, logical, c, in_bounds
+
+
+@triton.jit
+def _affine(x, c, in_bounds, scale_ptr, shift_ptr, HAS_SCALE: tl.constexpr,
+            HAS_SHIFT: tl.constexpr):
+    scale = 1.0
+    z = x
+    if HAS_SCALE:
+        scale = tl.load(scale_ptr + c, mask=in_bounds, other=0.0).to(x.dtype)
+        z = z * scale
+    if HAS_SHIFT:
+        z = z + tl.load(shift_ptr + c, mask=in_bounds, other=0.0).to(x.dtype)
+    return z, scale
+
+
+@triton.jit
+def _forward_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, seed_ptr, R, C, S, num_s_blocks,
+                    negative_slope, p, keep_scale,
+                    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                    CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr,
+                    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    offs, logical, c, in_bounds = _tile(tl.program_id(0), tl.program_id(1), R, C, S,
+                                        num_s_blocks, CHANNELS_LAST, BLOCK_A, BLOCK_B)
+    x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
+    x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
+    z, _ = _affine(x, c, in_bounds, scale_ptr, shift_ptr, HAS_SCALE, HAS_SHIFT)
+    y = tl.where(z > 0, z, z * negative_slope)
+    if HAS_DROPOUT:
+        keep = tl.rand(tl.load(seed_ptr), logical) > p
+        y = tl.where(keep, y * keep_scale, 0.0)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=in_bounds)
+
+
+@triton.jit
+def _backward_kernel(dy_ptr, x_ptr, dx_ptr, scale_ptr, shift_ptr, seed_ptr,
+                     dscale_partial_ptr, dshift_partial_ptr, R, C, S, num_s_blocks,
+                     negative_slope, p, keep_scale,
+                     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                     AFFINE_GRADS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                     IS_FP64: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    pid_a = tl.program_id(0)
+    offs, logical, c, in_bounds = _tile(pid_a, tl.program_id(1), R, C, S, num_s_blocks,
+                                        CHANNELS_LAST, BLOCK_A, BLOCK_B)
+    x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
+    dy = tl.load(dy_ptr + offs, mask=in_bounds, other=0.0)
+    x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
+    dy = dy.to(x.dtype)
+    z, scale = _affine(x, c, in_bounds, scale_ptr, shift_ptr, HAS_SCALE, HAS_SHIFT)
+    dz = tl.where(z > 0, dy, dy * negative_slope)
+    if HAS_DROPOUT:
+        keep = tl.rand(tl.load(seed_ptr), logical) > p
+        dz = tl.where(keep, dz * keep_scale, 0.0)
+    tl.store(dx_ptr + offs, (dz * scale).to(dx_ptr.dtype.element_ty), mask=in_bounds)
+    if AFFINE_GRADS:
+        # per-channel partial sums of this tile: stage one of a deterministic reduction
+        if CHANNELS_LAST:
+            chan = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B))
+            dscale_part = tl.sum(dz * x, axis=0)
+            dshift_part = tl.sum(dz, axis=0)
+        else:
+            chan = (tl.program_id(1) * BLOCK_A + tl.arange(0, BLOCK_A))
+            dscale_part = tl.sum(dz * x, axis=1)
+            dshift_part = tl.sum(dz, axis=1)
+        tl.store(dscale_partial_ptr + pid_a * C + chan, dscale_part, mask=chan < C)
+        tl.store(dshift_partial_ptr + pid_a * C + chan, dshift_part, mask=chan < C)
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """How a tensor maps onto the kernels' (N, C, S) tiles."""
+    channels_last: bool
+    R: int
+    C: int
+    S: int
+    num_s_blocks: int
+    block_a: int
+    block_b: int
+    grid: tuple[int, int]
+
+    @staticmethod
+    def plan(x: torch.Tensor) -> "_Launch":
+        n = x.shape[0]
+        c = x.shape[1] if x.dim() > 1 else 1
+        s = x.numel() // max(1, n * c)
+        channels_last = _is_channels_last(x)
+        if channels_last:
+            block_b = min(triton.next_power_of_2(c), MAX_CHANNEL_BLOCK)
+            block_a = min(max(1, BLOCK_ELEMENTS // block_b), triton.next_power_of_2(n * s))
+            grid = (triton.cdiv(n * s, block_a), triton.cdiv(c, block_b))
+            num_s_blocks = 1
+        else:
+            block_b = min(triton.next_power_of_2(s), BLOCK_ELEMENTS)
+            block_a = min(max(1, BLOCK_ELEMENTS // block_b), triton.next_power_of_2(c))
+            num_s_blocks = triton.cdiv(s, block_b)
+            grid = (n * num_s_blocks, triton.cdiv(c, block_a))
+        return _Launch(channels_last, n * s, c, s, num_s_blocks, block_a, block_b, grid)
+
+    def args(self):
+        return self.R, self.C, self.S, self.num_s_blocks
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """True when channels are the fastest-moving dim (every contiguous 2-D tensor qualifies)."""
+    if x.dim() <= 2:
+        return x.is_contiguous()
+    return x.movedim(1, -1).is_contiguous()
+
+
+def _native_layout(t: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
+    """``t`` in a layout the kernels read; a copy only when it has neither layout (or not the
+    one asked for)."""
+    if channels_last is None:
+        if t.is_contiguous() or _is_channels_last(t):
+            return t
+        return t.contiguous()
+    if channels_last and t.dim() > 2:
+        return t.movedim(1, -1).contiguous().movedim(-1, 1)
+    return t.contiguous()
+
+
+def _fp_flags(x: torch.Tensor, negative_slope: float, p: float) -> dict:
+    return dict(negative_slope=negative_slope, p=p, keep_scale=1.0 / (1.0 - p),
+                HAS_DROPOUT=p > 0, IS_FP64=x.dtype == torch.float64)
+
+
+@torch.library.custom_op("ssgan::leaky_relu_dropout_fwd", mutates_args=())
+def _forward_op(x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+                seed: torch.Tensor, negative_slope: float, p: float) -> torch.Tensor:
+    x = _native_layout(x)
+    y = torch.empty_like(x)
+    if x.numel() == 0:
+        return y
+    plan = _Launch.plan(x)
+    _forward_kernel[plan.grid](
+        x, y, scale if scale is not None else x, shift if shift is not None else x, seed,
+        *plan.args(), HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
+        CHANNELS_LAST=plan.channels_last, BLOCK_A=plan.block_a, BLOCK_B=plan.block_b,
+        **_fp_flags(x, negative_slope, p))
+    return y
+
+
+@_forward_op.register_fake
+def _(x, scale, shift, seed, negative_slope, p):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("ssgan::leaky_relu_dropout_bwd", mutates_args=())
+def _backward_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor],
+                 shift: Optional[torch.Tensor], seed: torch.Tensor, negative_slope: float,
+                 p: float, affine_grads: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = _native_layout(x)
+    plan = _Launch.plan(x) if x.numel() else None
+    dy = _native_layout(dy, plan.channels_last if plan else False)
+    dx = torch.empty_like(x)
+    acc_dtype = reference.compute_dtype(x.dtype)
+    num_rows = plan.grid[0] if (plan and affine_grads) else 0
+    dscale_partial = torch.zeros(num_rows, x.shape[1] if x.dim() > 1 else 1, dtype=acc_dtype,
+                                 device=x.device)
+    dshift_partial = torch.zeros_like(dscale_partial)
+    if plan is not None:
+        _backward_kernel[plan.grid](
+            dy, x, dx, scale if scale is not None else x, shift if shift is not None else x,
+            seed, dscale_partial, dshift_partial, *plan.args(),
+            HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, AFFINE_GRADS=affine_grads,
+            CHANNELS_LAST=plan.channels_last, BLOCK_A=plan.block_a, BLOCK_B=plan.block_b,
+            **_fp_flags(x, negative_slope, p))
+    # stage two of the reduction: a fixed-order sum over programs, so results are deterministic
+    dscale = dscale_partial.sum(0).to(scale.dtype) if (affine_grads and scale is not None) \
+        else x.new_empty(0)
+    dshift = dshift_partial.sum(0).to(shift.dtype) if (affine_grads and shift is not None) \
+        else x.new_empty(0)
+    return dx, dscale, dshift
+
+
+@_backward_op.register_fake
+def _(dy, x, scale, shift, seed, negative_slope, p, affine_grads):
+    dscale = scale.new_empty(scale.shape) if (affine_grads and scale is not None) \
+        else x.new_empty(0)
+    dshift = shift.new_empty(shift.shape) if (affine_grads and shift is not None) \
+        else x.new_empty(0)
+    return torch.empty_like(x), dscale, dshift
+
+
+class LeakyReLUDropoutFunction(torch.autograd.Function):
+    """Autograd for the fused op. Saves ``x``, ``scale``, ``shift`` and the seed tensor only."""
+
+    @staticmethod
+    def forward(ctx, x, scale, shift, seed, negative_slope, p):
+        ctx.save_for_backward(x, scale, shift, seed)
+        ctx.negative_slope, ctx.p = negative_slope, p
+        return _forward_op(x, scale, shift, seed, negative_slope, p)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, scale, shift, seed = ctx.saved_tensors
+        affine_grads = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        dx, dscale, dshift = _backward_op(dy, x, scale, shift, seed, ctx.negative_slope, ctx.p,
+                                          affine_grads)
+        return (dx if ctx.needs_input_grad[0] else None,
+                dscale if ctx.needs_input_grad[1] else None,
+                dshift if ctx.needs_input_grad[2] else None, None, None, None)
+
+
+def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float = 0.0,
+                       training: bool = True, seed: int | torch.Tensor | None = None,
+                       scale: torch.Tensor | None = None,
+                       shift: torch.Tensor | None = None) -> torch.Tensor:
+    """``y = dropout_p(leaky_relu(x * scale[c] + shift[c], negative_slope))`` in one pass.
+
+    x: (N, C, ...) float64/32/16 or bfloat16, contiguous, channels_last or strided.
+    scale, shift: optional (C,) float tensors (a BatchNorm folded in); c indexes dim 1 of x.
+    p: drop probability in [0, 1); kept values are scaled by 1 / (1 - p). No dropout when
+    ``training`` is False or p == 0.
+    seed: int in [0, 2**63), a one-element int64 tensor, or None to draw one from torch's
+    generator. Equal seeds and shapes give equal masks on every backend.
+    Returns y with x's shape, dtype and memory layout. Differentiable in x, scale and shift.
+    """
+    reference.check_leaky_relu_dropout_args(x, p, scale, shift)
+    if backend_for(x) == "torch":
+        return reference.leaky_relu_dropout(x, negative_slope=negative_slope, p=p,
+                                             training=training, seed=seed, scale=scale,
+                                             shift=shift)
+    drop = float(p) if training else 0.0
+    seed_tensor = (_checks.resolve_seed(seed, x.device) if drop > 0
+                   else torch.zeros(1, dtype=torch.int64, device=x.device))
+    return LeakyReLUDropoutFunction.apply(x, scale, shift, seed_tensor, float(negative_slope),
+                                          drop)

@@ -1,0 +1,132 @@
+"""Masked cross-entropy: ``sum_i w_i * CE(logits_i, target_i) / max(1, sum_i w_i)``.
+
+Forward is one reduction kernel: each program computes the weighted loss of a block of rows
+(online log-sum-exp over the classes) and writes one partial sum; the partials are then summed
+in a fixed order, so the result is deterministic (no float atomics). It also keeps each row's
+log-sum-exp, which makes backward one elementwise pass:
+``d/dz_ij = g * w_i / max(1, sum w) * (softmax_ij - [j == target_i])``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _checks, reference
+from ._backend import backend_for
+from .gan_logits import _blocks, _row_logsumexp
+
+
+@triton.jit
+def _forward_kernel(x_ptr, target_ptr, weight_ptr, lse_ptr, partial_ptr, B, C, stride_b,
+                    stride_c, IS_FP64: tl.constexpr, BLOCK_B: tl.constexpr,
+                    BLOCK_C: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    lse = _row_logsumexp(x_ptr, rows, row_ok, C, stride_b, stride_c, IS_FP64, BLOCK_B, BLOCK_C)
+    weight = tl.load(weight_ptr + rows, mask=row_ok, other=0.0)
+    labeled = row_ok & (weight != 0)
+    target = tl.load(target_ptr + rows, mask=labeled, other=0)
+    # masked rows may hold any target (e.g. -1): never dereference it
+    target_logit = tl.load(x_ptr + rows * stride_b + target * stride_c, mask=labeled, other=0.0)
+    loss = tl.where(labeled, weight * (lse - target_logit.to(lse.dtype)), 0.0)
+    tl.store(lse_ptr + rows, lse, mask=row_ok)
+    tl.store(partial_ptr + tl.program_id(0), tl.sum(loss, axis=0))
+
+
+@triton.jit
+def _backward_kernel(dloss_ptr, denom_ptr, x_ptr, target_ptr, weight_ptr, lse_ptr, dx_ptr,
+                     B, C, stride_b, stride_c, IS_FP64: tl.constexpr, BLOCK_B: tl.constexpr,
+                     BLOCK_C: tl.constexpr):
+    acc_dtype = tl.float64 if IS_FP64 else tl.float32
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    weight = tl.load(weight_ptr + rows, mask=row_ok, other=0.0).to(acc_dtype)
+    labeled = row_ok & (weight != 0)
+    target = tl.load(target_ptr + rows, mask=labeled, other=-1)
+    row_scale = weight * (tl.load(dloss_ptr).to(acc_dtype) / tl.load(denom_ptr).to(acc_dtype))
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        ok = row_ok[:, None] & (cols[None, :] < C)
+        x = tl.load(x_ptr + rows[:, None] * stride_b + cols[None, :] * stride_c, mask=ok,
+                    other=0.0).to(acc_dtype)
+        one_hot = tl.where(cols[None, :] == target[:, None], 1.0, 0.0)
+        dx = tl.where(labeled[:, None], row_scale[:, None] * (tl.exp(x - lse[:, None]) - one_hot),
+                      0.0)
+        tl.store(dx_ptr + rows[:, None] * C + cols[None, :], dx.to(dx_ptr.dtype.element_ty),
+                 mask=ok)
+
+
+@torch.library.custom_op("ssgan::masked_cross_entropy_fwd", mutates_args=())
+def _forward_op(logits: torch.Tensor, target: torch.Tensor,
+                weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch, num_classes = logits.shape
+    _checks.check_target_range(target, weight, num_classes)
+    block_b, block_c = _blocks(num_classes)
+    num_programs = triton.cdiv(batch, block_b)
+    partial = torch.zeros(num_programs, dtype=weight.dtype, device=logits.device)
+    lse = torch.empty(batch, dtype=weight.dtype, device=logits.device)
+    if batch:
+        _forward_kernel[(num_programs,)](
+            logits, target, weight, lse, partial, batch, num_classes, *logits.stride(),
+            IS_FP64=logits.dtype == torch.float64, BLOCK_B=block_b, BLOCK_C=block_c)
+    denom = weight.sum().clamp_min(1.0)
+    return partial.sum() / denom, lse, denom
+
+
+@_forward_op.register_fake
+def _(logits, target, weight):
+    scalar = weight.new_empty(())
+    return scalar, weight.new_empty(logits.shape[0]), weight.new_empty(())
+
+
+@torch.library.custom_op("ssgan::masked_cross_entropy_bwd", mutates_args=())
+def _backward_op(dloss: torch.Tensor, denom: torch.Tensor, logits: torch.Tensor,
+                 target: torch.Tensor, weight: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    batch, num_classes = logits.shape
+    dx = torch.empty(batch, num_classes, dtype=logits.dtype, device=logits.device)
+    if batch:
+        block_b, block_c = _blocks(num_classes)
+        _backward_kernel[(triton.cdiv(batch, block_b),)](
+            dloss, denom, logits, target, weight, lse, dx, batch, num_classes, *logits.stride(),
+            IS_FP64=logits.dtype == torch.float64, BLOCK_B=block_b, BLOCK_C=block_c)
+    return dx
+
+
+@_backward_op.register_fake
+def _(dloss, denom, logits, target, weight, lse):
+    return logits.new_empty(logits.shape).contiguous()
+
+
+class MaskedCrossEntropyFunction(torch.autograd.Function):
+    """Autograd for the masked CE. Saves logits, targets, weights and one lse per row."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight):
+        loss, lse, denom = _forward_op(logits, target, weight)
+        ctx.save_for_backward(logits, target, weight, lse, denom)
+        return loss
+
+    @staticmethod
+    def backward(ctx, dloss):
+        logits, target, weight, lse, denom = ctx.saved_tensors
+        return _backward_op(dloss, denom, logits, target, weight, lse), None, None
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                         mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the rows that ``mask`` selects.
+
+    logits: (B, C) float64/32/16 or bfloat16, any strides. target: (B,) int64 (or int32) class
+    ids; rows with mask 0 may hold anything (e.g. -1), other rows must be in [0, C) or a
+    ValueError is raised. mask: (B,) bool, or float weights.
+    Returns a 0-dim float32 tensor (float64 for float64 logits):
+    ``sum_i mask_i * CE_i / max(1, sum_i mask_i)``; an all-zero mask gives exactly 0 with zero
+    gradient. Differentiable in ``logits``.
+    """
+    _checks.check_logits("logits", logits)
+    weight = _checks.check_targets(logits, target, mask)
+    if backend_for(logits) == "torch":
+        return reference.masked_cross_entropy(logits, target, mask)
+    return MaskedCrossEntropyFunction.apply(logits, target.long(), weight.contiguous())

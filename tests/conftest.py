@@ -1,0 +1,39 @@
+"""Chooses the Triton interpreter when there is no GPU. This must run before anything imports
+ssgan.kernels, because Triton decides at decoration time whether kernels are interpreted."""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import ssgan.kernels as K  # noqa: E402  (after TRITON_INTERPRET on purpose)
+
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+KERNEL_PATH = "triton" if (DEVICE.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1") \
+    else "interpret"
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return DEVICE
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def backend(request, monkeypatch) -> str:
+    """Runs a test once on the Triton path and once on the PyTorch twins; yields the path name
+    the test must see from ``backend_for`` so that a silent fallback cannot pass."""
+    if request.param == "torch":
+        monkeypatch.setenv("SSGAN_KERNELS", "torch")
+        return "torch"
+    monkeypatch.setenv("SSGAN_KERNELS", "triton")
+    return KERNEL_PATH
+
+
+@pytest.fixture(autouse=True)
+def _fresh_backend_override():
+    K.set_backend(None)
+    yield
+    K.set_backend(None)

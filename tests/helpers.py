@@ -1,0 +1,28 @@
+"""Shared test helpers: dtype-aware tolerances and fresh random data."""
+import torch
+
+LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-7, atol=1e-7),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float16: dict(rtol=1e-3, atol=1e-3),
+    torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
+}
+
+
+def assert_close_to_truth(actual: torch.Tensor, truth: torch.Tensor, dtype: torch.dtype,
+                          scale: float = 1.0) -> None:
+    """``actual`` (computed in ``dtype``) against an fp64 ``truth``; ``scale`` widens atol for
+    quantities accumulated over many elements."""
+    tol = dict(TOLERANCES[dtype])
+    tol["atol"] *= scale
+    torch.testing.assert_close(actual.double(), truth.double(), **tol)
+
+
+def randn(*shape, dtype=torch.float32, device="cpu", scale=1.0) -> torch.Tensor:
+    return (torch.randn(*shape, dtype=torch.float64, device=device) * scale).to(dtype)
+
+
+def away_from_zero(t: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+    """Pushes values off the leaky-ReLU kink so finite differences do not straddle it."""
+    return t + torch.where(t >= 0, margin, -margin).to(t.dtype)

@@ -1,0 +1,70 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ssgan.kernels as K
+from ssgan.kernels import _backend
+from conftest import KERNEL_PATH
+
+
+def test_interpreter_is_reported_in_a_fresh_process():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env.pop("SSGAN_KERNELS", None)
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "import ssgan.kernels as K, torch; print(K.backend_for(torch.zeros(1)))"],
+        env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "interpret"
+
+
+def test_env_override_and_set_backend(monkeypatch):
+    x = torch.zeros(2)
+    monkeypatch.setenv("SSGAN_KERNELS", "torch")
+    assert K.backend_for(x) == "torch"
+    monkeypatch.setenv("SSGAN_KERNELS", "auto")
+    assert K.backend_for(x) == KERNEL_PATH if x.is_cuda or _backend.INTERPRET else "torch"
+    with K.use_backend("torch"):
+        assert K.backend_for(x) == "torch"
+    assert K.backend_for(x) != "torch" or not _backend.INTERPRET
+    monkeypatch.setenv("SSGAN_KERNELS", "cuda-please")
+    with pytest.raises(ValueError, match="SSGAN_KERNELS must be one of"):
+        K.backend_for(x)
+    with pytest.raises(ValueError, match="must be one of"):
+        K.set_backend("fast")
+
+
+def test_forced_triton_without_a_triton_path_raises(monkeypatch):
+    monkeypatch.setattr(_backend, "INTERPRET", False)
+    monkeypatch.setenv("SSGAN_KERNELS", "triton")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        K.backend_for(torch.zeros(1))
+    monkeypatch.setenv("SSGAN_KERNELS", "auto")
+    assert K.backend_for(torch.zeros(1)) == "torch"
+
+
+def _head(x, scale, shift, target, mask):
+    h = K.leaky_relu_dropout(x, p=0.3, seed=9, scale=scale, shift=shift)
+    logits = h.mean(dim=(2, 3))[:, :11]
+    return K.masked_cross_entropy(logits, target, mask) + K.gan_logits(
+        logits, extra_class=True).sum()
+
+
+def test_torch_compile_fullgraph_traces_the_ops(backend, device):
+    torch._dynamo.reset()
+    x = torch.randn(4, 12, 3, 3, device=device, requires_grad=True)
+    scale = torch.rand(12, device=device, requires_grad=True)
+    shift = torch.randn(12, device=device, requires_grad=True)
+    target = torch.tensor([1, -1, 10, 3], device=device)
+    mask = torch.tensor([True, False, True, True], device=device)
+    assert K.backend_for(x) == backend
+    eager = _head(x, scale, shift, target, mask)
+    eager_grads = torch.autograd.grad(eager, (x, scale, shift))
+    compiled = torch.compile(_head, fullgraph=True, backend="aot_eager")
+    out = compiled(x, scale, shift, target, mask)
+    grads = torch.autograd.grad(out, (x, scale, shift))
+    torch.testing.assert_close(out, eager)
+    for a, b in zip(grads, eager_grads):
+        torch.testing.assert_close(a, b)

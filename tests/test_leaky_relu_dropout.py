@@ -1,0 +1,208 @@
+import pytest
+import torch
+
+import ssgan.kernels as K
+from ssgan.kernels import reference as ref
+from helpers import LOW_PRECISION, assert_close_to_truth, away_from_zero, randn
+
+SHAPES = [(5, 7), (3, 5, 4, 7), (2, 3, 9), (1, 4, 3, 3)]
+
+
+def _inputs(shape, dtype, device, channels_last=False, affine=True):
+    x = randn(*shape, dtype=dtype, device=device)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    if not affine:
+        return x, None, None
+    scale = randn(shape[1], dtype=dtype, device=device) + 1.5
+    shift = randn(shape[1], dtype=dtype, device=device) * 0.5
+    return x, scale, shift
+
+
+def _pre_activation_away_from_kink(x, scale, shift):
+    """Moves x so that x*scale + shift is at least 0.1 away from 0 (for finite differences)."""
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    z = away_from_zero(x * scale.view(view) + shift.view(view))
+    return ((z - shift.view(view)) / scale.view(view)).contiguous(
+        memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous() else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("p", [0.0, 0.4])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradcheck_fp64(backend, device, shape, p, channels_last):
+    if channels_last and len(shape) != 4:
+        pytest.skip("channels_last is a 4-D layout")
+    x, scale, shift = _inputs(shape, torch.float64, device, channels_last)
+    scale = scale.abs() + 0.5
+    x = _pre_activation_away_from_kink(x, scale, shift)
+    assert K.backend_for(x) == backend
+    args = [t.detach().requires_grad_() for t in (x, scale, shift)]
+    fn = lambda a, s, b: K.leaky_relu_dropout(a, p=p, seed=1234, scale=s, shift=b,
+                                              negative_slope=0.2)
+    assert torch.autograd.gradcheck(fn, args, fast_mode=True)
+
+
+def test_gradcheck_fp64_without_affine(backend, device):
+    x = away_from_zero(randn(4, 6, 5, dtype=torch.float64, device=device)).requires_grad_()
+    assert K.backend_for(x) == backend
+    assert torch.autograd.gradcheck(lambda a: K.leaky_relu_dropout(a, p=0.25, seed=99), (x,),
+                                    fast_mode=True)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("shape,channels_last", [((6, 10), False), ((4, 5, 6, 3), False),
+                                                 ((4, 5, 6, 3), True), ((3, 7, 13), False)])
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_matches_fp64_reference(backend, device, dtype, shape, channels_last, p):
+    x, scale, shift = _inputs(shape, dtype, device, channels_last)
+    assert K.backend_for(x) == backend
+    dy = randn(*shape, dtype=dtype, device=device)
+    leaves = [t.detach().requires_grad_() for t in (x, scale, shift)]
+    y = K.leaky_relu_dropout(leaves[0], p=p, seed=4321, scale=leaves[1], shift=leaves[2])
+    y.backward(dy)
+    truth_leaves = [t.detach().double().requires_grad_() for t in (x, scale, shift)]
+    y64 = ref.leaky_relu_dropout(truth_leaves[0], p=p, seed=4321, scale=truth_leaves[1],
+                                 shift=truth_leaves[2])
+    y64.backward(dy.double())
+    assert y.dtype == dtype and y.shape == x.shape
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last or x.dim() != 4
+    assert_close_to_truth(y, y64, dtype)
+    assert_close_to_truth(leaves[0].grad, truth_leaves[0].grad, dtype)
+    for got, truth in zip(leaves[1:], truth_leaves[1:]):
+        assert got.grad.dtype == dtype
+        assert_close_to_truth(got.grad, truth.grad, dtype, scale=10.0)
+
+
+def test_layouts_give_identical_results(backend, device):
+    """The mask is a function of the logical index, so layout must not change anything."""
+    x, scale, shift = _inputs((3, 6, 5, 4), torch.float32, device)
+    assert K.backend_for(x) == backend
+    base = K.leaky_relu_dropout(x, p=0.5, seed=77, scale=scale, shift=shift)
+    wide = randn(3, 12, 5, 8, device=device)
+    wide[:, ::2, :, ::2] = x
+    variants = [x.to(memory_format=torch.channels_last), wide[:, ::2, :, ::2],
+                x.transpose(2, 3).contiguous().transpose(2, 3)]
+    for v in variants:
+        torch.testing.assert_close(
+            K.leaky_relu_dropout(v, p=0.5, seed=77, scale=scale, shift=shift), base,
+            rtol=0, atol=0)
+
+
+def test_non_contiguous_gradients(backend, device):
+    x = randn(6, 8, 10, device=device).transpose(0, 2)  # (10, 8, 6), strided
+    scale, shift = randn(8, device=device), randn(8, device=device)
+    leaves = [t.detach().requires_grad_() for t in (scale, shift)]
+    xs = x.detach().requires_grad_()
+    dy = randn(10, 8, 6, device=device).transpose(1, 2).contiguous().transpose(1, 2)
+    K.leaky_relu_dropout(xs, p=0.3, seed=5, scale=leaves[0], shift=leaves[1]).backward(dy)
+    t = [v.detach().double().requires_grad_() for v in (x, scale, shift)]
+    ref.leaky_relu_dropout(t[0], p=0.3, seed=5, scale=t[1], shift=t[2]).backward(dy.double())
+    assert_close_to_truth(xs.grad, t[0].grad, torch.float32)
+    assert_close_to_truth(leaves[0].grad, t[1].grad, torch.float32, scale=10.0)
+    assert_close_to_truth(leaves[1].grad, t[2].grad, torch.float32, scale=10.0)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.9])
+def test_keep_rate_within_statistical_bounds(backend, device, p):
+    x = randn(64, 16, 8, 8, device=device).abs() + 0.1  # strictly positive: y == 0 iff dropped
+    assert K.backend_for(x) == backend
+    y = K.leaky_relu_dropout(x, p=p, seed=int(torch.randint(0, 2**62, ())))
+    kept = (y != 0).double().mean().item()
+    sigma = ((1 - p) * p / x.numel()) ** 0.5
+    assert abs(kept - (1 - p)) < 6 * sigma
+    torch.testing.assert_close(y[y != 0], x[y != 0] / (1 - p))
+
+
+def test_backward_uses_the_forward_mask(backend, device):
+    x = randn(32, 12, 6, device=device)
+    x = away_from_zero(x).requires_grad_()
+    assert K.backend_for(x) == backend
+    y = K.leaky_relu_dropout(x, p=0.5, seed=2024, negative_slope=0.1)
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad != 0, y != 0)
+    expected = torch.where(x > 0, 1.0, 0.1) / 0.5
+    torch.testing.assert_close(x.grad[y != 0], expected[y != 0])
+
+
+def test_seed_determinism_and_manual_seed(backend, device):
+    x = randn(16, 8, 4, 4, device=device).abs() + 0.1
+    assert K.backend_for(x) == backend
+    a = K.leaky_relu_dropout(x, p=0.5, seed=11)
+    assert torch.equal(a, K.leaky_relu_dropout(x, p=0.5, seed=11))
+    assert not torch.equal(a, K.leaky_relu_dropout(x, p=0.5, seed=12))
+    assert torch.equal(a, K.leaky_relu_dropout(x, p=0.5, seed=torch.tensor(11)))
+    torch.manual_seed(3)
+    b = K.leaky_relu_dropout(x, p=0.5)
+    c = K.leaky_relu_dropout(x, p=0.5)
+    torch.manual_seed(3)
+    assert torch.equal(b, K.leaky_relu_dropout(x, p=0.5))
+    assert not torch.equal(b, c)
+
+
+def test_same_mask_on_kernel_and_twin(device):
+    """Equal seeds give equal masks on every backend: the kernel path against the twin."""
+    x = randn(8, 5, 7, 3, device=device).abs() + 0.1
+    for seed in (0, 1, 123456789, 2**40 + 17, 2**63 - 1):
+        kernel = K.leaky_relu_dropout(x, p=0.3, seed=seed)
+        twin = ref.leaky_relu_dropout(x, p=0.3, seed=seed)
+        assert torch.equal(kernel != 0, twin != 0), seed
+        torch.testing.assert_close(kernel, twin)
+
+
+def test_eval_mode_and_p_zero_do_not_drop(backend, device):
+    x = randn(10, 4, 3, device=device)
+    expected = torch.nn.functional.leaky_relu(x, 0.2)
+    torch.testing.assert_close(K.leaky_relu_dropout(x, p=0.5, training=False), expected)
+    torch.testing.assert_close(K.leaky_relu_dropout(x, p=0.0), expected)
+    torch.testing.assert_close(K.leaky_relu_dropout(x, p=0.0, negative_slope=0.0),
+                               torch.relu(x))
+
+
+def test_extreme_values(backend, device):
+    x = torch.tensor([[-1e4, 1e4, 6.5e4, -6.5e4, 0.0, 1e-30]], device=device)
+    assert K.backend_for(x) == backend
+    for dtype in (torch.float32, torch.float16):
+        xd = x.to(dtype)
+        truth = ref.leaky_relu_dropout(xd.double())
+        out = K.leaky_relu_dropout(xd)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out.double(), truth, rtol=1e-3, atol=0)
+
+
+def test_single_row_odd_sizes_and_empty(backend, device):
+    for shape in [(1, 1), (1, 3, 1, 1), (7, 1, 5), (1, 300)]:
+        x, scale, shift = _inputs(shape, torch.float32, device)
+        torch.testing.assert_close(
+            K.leaky_relu_dropout(x, p=0.5, seed=3, scale=scale, shift=shift),
+            ref.leaky_relu_dropout(x.double(), p=0.5, seed=3, scale=scale.double(),
+                                   shift=shift.double()).float())
+    empty = torch.empty(0, 4, device=device)
+    assert K.leaky_relu_dropout(empty, p=0.5).shape == (0, 4)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(p=1.0), r"p must be in \[0, 1\)"),
+    (dict(p=-0.1), r"p must be in \[0, 1\)"),
+    (dict(scale=torch.ones(5)), r"one entry per channel"),
+    (dict(shift=torch.ones(4, 1)), r"must be 1-D"),
+    (dict(scale=torch.ones(4, dtype=torch.int32)), r"float64/32/16 or bfloat16"),
+    (dict(p=0.5, seed=-1), r"seed must be an int"),
+    (dict(p=0.5, seed=1.5), r"seed must be an int"),
+])
+def test_bad_arguments(backend, device, kwargs, match):
+    x = torch.randn(3, 4, 2, device=device)
+    kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    with pytest.raises(ValueError, match=match):
+        K.leaky_relu_dropout(x, **kwargs)
+
+
+def test_bad_tensors(backend, device):
+    with pytest.raises(ValueError, match="float64/32/16 or bfloat16"):
+        K.leaky_relu_dropout(torch.ones(3, 4, dtype=torch.int64, device=device))
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        K.leaky_relu_dropout(torch.tensor(1.0, device=device))
+    with pytest.raises(ValueError, match="same device"):
+        K.leaky_relu_dropout(torch.ones(3, 4, device=device),
+                             scale=torch.ones(4, device="meta"))
