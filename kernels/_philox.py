@@ -1,16 +1,17 @@
-"""Triton's Philox-4x32-10 ``tl.rand`` re-implemented in plain PyTorch.
+"""Triton's Philox-4x32-10 re-implemented in plain PyTorch, bit for bit.
 
-The reference twin and the CPU fallback must draw exactly the dropout mask the Triton kernels
-draw for the same seed, so this mirrors ``triton.language.random.rand`` bit for bit: 32-bit
-offsets, the seed split into two 32-bit key words, ten rounds, and Triton's int->float mapping.
-uint32 values live in int64 tensors; products are split into 16-bit halves so nothing overflows.
+The reference twin and the CPU fallback must draw exactly the dropout numbers the Triton
+kernels draw for a seed. Element i uses word ``i % 4`` of ``tl.randint4x(seed, i // 4)``, mapped
+to [0, 1) by ``tl.uint_to_uniform_float``: one Philox evaluation serves four elements, which
+makes this twin four times cheaper than one evaluation per element. uint32 values live in int64
+tensors; products are split into 16-bit halves so that nothing overflows.
 """
 import torch
 
 _MASK32 = 0xFFFFFFFF
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
-_INT_TO_UNIT = torch.tensor(4.6566127342e-10, dtype=torch.float32)
+_INT_TO_UNIT = 4.6566127342e-10  # Triton's scale from int31 to [0, 1), applied in fp32
 
 
 def _mul_hi_lo(const: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,13 +23,10 @@ def _mul_hi_lo(const: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return hi, lo
 
 
-def philox_uniform(seed: int, offsets: torch.Tensor) -> torch.Tensor:
-    """Uniform [0, 1) float32 numbers, equal to ``tl.rand(seed, offsets)`` with int32 offsets.
-
-    seed: int in [0, 2**63). offsets: integer tensor of values in [0, 2**31), any shape.
-    Returns a float32 tensor of the same shape and device.
-    """
-    c0 = offsets.to(torch.int64) & _MASK32
+def philox4x(seed: int, counters: torch.Tensor) -> torch.Tensor:
+    """The four uint32 words (as int64, shape (*counters.shape, 4)) of
+    ``tl.randint4x(seed, counters)`` for int32 counters; seed in [0, 2**63)."""
+    c0 = counters.to(torch.int64) & _MASK32
     c1 = torch.zeros_like(c0)
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
@@ -38,6 +36,18 @@ def philox_uniform(seed: int, offsets: torch.Tensor) -> torch.Tensor:
         hi_a, lo_a = _mul_hi_lo(_ROUND_A, c0)
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
         k0, k1 = (k0 + _KEY_A) & _MASK32, (k1 + _KEY_B) & _MASK32
-    signed = torch.where(c0 >= 2**31, c0 - 2**32, c0)
+    return torch.stack([c0, c1, c2, c3], dim=-1)
+
+
+def uint_to_uniform(words: torch.Tensor) -> torch.Tensor:
+    """``tl.uint_to_uniform_float`` for uint32 words held in int64: float32 in [0, 1)."""
+    signed = torch.where(words >= 2**31, words - 2**32, words)
     signed = torch.where(signed < 0, -signed - 1, signed)
-    return signed.to(torch.float32) * _INT_TO_UNIT.to(offsets.device)
+    return signed.to(torch.float32) * torch.tensor(_INT_TO_UNIT, dtype=torch.float32,
+                                                   device=words.device)
+
+
+def dropout_uniform(seed: int, numel: int, device: torch.device) -> torch.Tensor:
+    """Uniform [0, 1) float32 numbers for logical indices 0..numel-1, as the kernels draw them."""
+    counters = torch.arange((numel + 3) // 4, device=device)
+    return uint_to_uniform(philox4x(seed, counters).reshape(-1)[:numel])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from . import _checks
-from ._philox import philox_uniform
+from ._philox import dropout_uniform
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -16,12 +16,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def dropout_keep_mask(seed: int, shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """Bool mask (True = kept) for ``shape``: element i (row-major) is kept when
-    ``tl.rand(seed, i) > p``, exactly as the kernel decides."""
+    """Bool mask (True = kept) for ``shape``: element i (row-major) is kept when its uniform
+    number (see ``_philox``) exceeds p, exactly as the kernel decides."""
     numel = 1
     for d in shape:
         numel *= d
-    uniform = philox_uniform(seed, torch.arange(numel, device=device))
+    uniform = dropout_uniform(seed, numel, device)
     return (uniform > torch.tensor(p, dtype=torch.float32, device=device)).view(shape)
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from ssgan.cli import main
+
+sys.exit(main())

@@ -1,0 +1,181 @@
+"""``ssgan`` command line: ``train``, ``eval CHECKPOINT`` and ``sample CHECKPOINT``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import ssgan.kernels as K
+from ssgan import __version__, plots
+from ssgan.data import DataError, load_dataset
+from ssgan.train import TrainConfig, Trainer, TrainingError, accuracy, build_models, \
+    resolve_device
+
+HELP = {
+    "dataset": "svhn (train_32x32.mat/test_32x32.mat), mnist (IDX .gz files) or folder "
+               "(DIR/<class>/*, DIR/unlabeled/*, optional DIR/test/<class>/*)",
+    "data_dir": "folder holding the dataset files",
+    "out_dir": "where run folders are created",
+    "name": "run folder name under --out-dir (default: DATASET-NLABELSlabels)",
+    "mnist_train_prefix": "MNIST training file prefix, e.g. train-5k for "
+                          "train-5k-images-idx3-ubyte.gz",
+    "mnist_test_prefix": "MNIST test file prefix",
+    "image_size": "image side for --dataset folder (a multiple of 8)",
+    "channels": "1 (grayscale) or 3 (RGB) for --dataset folder",
+    "labels": "how many training labels the model may use",
+    "label_selection": "first: the first N (the notebook); balanced: N/classes per class, seeded",
+    "labeled_batch_size": "extra labeled examples drawn per step for the supervised term "
+                          "(0 = the notebook's masked batches only)",
+    "supervised_only": "baseline: train the discriminator on the labeled examples alone",
+    "batch_size": "images per step",
+    "epochs": "passes over the training set",
+    "lr": "Adam learning rate for both players",
+    "beta1": "Adam beta1",
+    "lr_decay": "learning-rate factor applied after every epoch",
+    "z_dim": "generator noise size",
+    "d_size_mult": "discriminator width",
+    "g_size_mult": "generator width",
+    "drop_rate": "discriminator dropout (input dropout is drop_rate/2.5)",
+    "alpha": "leaky-ReLU slope",
+    "extra_class": "give the discriminator an explicit 11th fake-class logit",
+    "eval_bn": "BatchNorm at evaluation: running (statistics of real data) or batch (notebook)",
+    "eval_batch_size": "batch size of evaluation with --eval-bn running",
+    "seed": "random seed (labels, batches, noise, dropout)",
+    "device": "auto, cpu, cuda or cuda:N",
+    "kernels": "auto (Triton on CUDA, twins on CPU), triton or torch",
+    "resume": "continue the run in --out-dir/--name from its last checkpoint",
+}
+NEGATED = {"download": "--no-download", "verify_md5": "--skip-md5", "progress": "--no-progress"}
+NEGATED_HELP = {"download": "never try to download missing SVHN files",
+                "verify_md5": "accept .mat files whose MD5 differs from the official one",
+                "progress": "hide progress bars"}
+CHOICES = {"dataset": ["svhn", "mnist", "folder"], "label_selection": ["first", "balanced"],
+           "eval_bn": ["running", "batch"], "kernels": list(K._backend.BACKENDS)}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in NEGATED:
+            parser.add_argument(NEGATED[f.name], dest=f.name, action="store_false",
+                                help=NEGATED_HELP[f.name])
+        elif f.type in ("bool", bool):
+            parser.add_argument("--" + f.name.replace("_", "-"), action="store_true",
+                                help=HELP[f.name])
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,
+                                choices=CHOICES.get(f.name), help=f"{HELP[f.name]} "
+                                f"(default: {f.default})")
+
+
+def _load_checkpoint(path: str, device: torch.device) -> dict:
+    if not Path(path).exists():
+        raise ValueError(f"checkpoint {path} does not exist; give the path of a run's "
+                         "checkpoints/last.pt")
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    history = Trainer(cfg).fit()
+    last = history[-1]
+    print(json.dumps({"run_dir": str(cfg.run_dir()), "epochs": last["epoch"],
+                      "test_accuracy": last["test_accuracy"],
+                      "train_accuracy": last["train_accuracy"]}))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    state = _load_checkpoint(args.checkpoint, device)
+    cfg = TrainConfig(**state["config"])
+    cfg.device = args.device
+    if args.data_dir:
+        cfg.data_dir = args.data_dir
+    if args.eval_bn:
+        cfg.eval_bn = args.eval_bn
+    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
+                        verify_md5=cfg.verify_md5, mnist_train_prefix=cfg.mnist_train_prefix,
+                        mnist_test_prefix=cfg.mnist_test_prefix, image_size=cfg.image_size,
+                        channels=cfg.channels).to(device)
+    if data.test is None:
+        raise DataError(f"{cfg.data_dir} has no test set to evaluate on (for --dataset folder, "
+                        "add a test/<class>/ folder)")
+    _, d = build_models(cfg, data, device)
+    d.load_state_dict(state["discriminator"])
+    eval_bs = cfg.batch_size if cfg.eval_bn == "batch" else cfg.eval_batch_size
+    with K.use_backend(args.kernels):
+        acc = accuracy(d, data.test.images, data.test.labels, eval_bs, data.num_classes)
+    print(json.dumps({"checkpoint": args.checkpoint, "epoch": state["epoch"],
+                      "eval_bn": cfg.eval_bn, "test_examples": len(data.test),
+                      "test_accuracy": acc}))
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    device = resolve_device(args.device)
+    state = _load_checkpoint(args.checkpoint, device)
+    cfg = TrainConfig(**state["config"])
+    from ssgan.models import Generator
+    g = Generator(cfg.z_dim, state["channels"], state["image_size"], cfg.g_size_mult,
+                  cfg.alpha).to(device)
+    g.load_state_dict(state["generator"])
+    g.eval()
+    generator = torch.Generator().manual_seed(args.seed)
+    z = (torch.rand(args.n, cfg.z_dim, generator=generator) * 2 - 1).to(device)
+    with torch.no_grad(), K.use_backend(args.kernels):
+        images = g(z)
+    print(plots.image_grid(images, args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssgan", description="Semi-supervised GAN training with fused Triton kernels.")
+    parser.add_argument("--version", action="version", version=f"ssgan {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a semi-supervised GAN",
+                           description="Train; with no flags, the notebook's SVHN setup.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_config_flags(train)
+    train.set_defaults(func=_cmd_train)
+    ev = sub.add_parser("eval", help="test accuracy of a checkpoint")
+    ev.add_argument("checkpoint", help="a run's checkpoints/last.pt")
+    ev.add_argument("--data-dir", help="dataset folder, if it moved since training")
+    ev.add_argument("--eval-bn", choices=["running", "batch"], help="override the run's choice")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ev.add_argument("--kernels", default="auto", choices=CHOICES["kernels"])
+    ev.set_defaults(func=_cmd_eval)
+    sa = sub.add_parser("sample", help="write a grid of generated images")
+    sa.add_argument("checkpoint", help="a run's checkpoints/last.pt")
+    sa.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
+    sa.add_argument("--out", default="samples.png", help="PNG path (default: samples.png)")
+    sa.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    sa.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    sa.add_argument("--kernels", default="auto", choices=CHOICES["kernels"])
+    sa.set_defaults(func=_cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, TrainingError, ValueError) as err:
+        print(f"ssgan {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last finished epoch's checkpoint is kept (continue with "
+              "--resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

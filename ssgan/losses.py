@@ -1,0 +1,33 @@
+"""The semi-supervised GAN losses of the notebook (Salimans et al. 2016)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import ssgan.kernels as K
+
+
+def discriminator_loss(class_logits_real: torch.Tensor, gan_logits_real: torch.Tensor,
+                       gan_logits_fake: torch.Tensor, labels: torch.Tensor,
+                       label_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """d_loss = masked CE on labeled real rows + BCE(real -> 1) + BCE(fake -> 0).
+
+    class_logits_real: (B, K[+1]); gan_logits_*: (B,) and (B',); labels: int64 (B,), any value
+    where ``label_mask`` (bool (B,)) is False. Returns the total and its three parts (0-dim).
+    """
+    supervised = K.masked_cross_entropy(class_logits_real, labels, label_mask)
+    real = F.binary_cross_entropy_with_logits(gan_logits_real.float(),
+                                              torch.ones_like(gan_logits_real, dtype=torch.float))
+    fake = F.binary_cross_entropy_with_logits(gan_logits_fake.float(),
+                                              torch.zeros_like(gan_logits_fake,
+                                                               dtype=torch.float))
+    return {"d_loss": supervised + real + fake, "supervised": supervised, "bce_real": real,
+            "bce_fake": fake}
+
+
+def feature_matching_loss(features_real: torch.Tensor,
+                          features_fake: torch.Tensor) -> torch.Tensor:
+    """Generator loss: mean |E[f(real)] - E[f(fake)]| over feature dims (the notebook's L1).
+
+    features_*: float (B, F). Returns a 0-dim tensor."""
+    return (features_real.float().mean(0) - features_fake.float().mean(0)).abs().mean()

@@ -1,0 +1,145 @@
+"""The notebook's generator and discriminator, built on the fused kernels.
+
+Every BatchNorm + leaky-ReLU (+ dropout) block is one ``leaky_relu_dropout`` call with the
+BatchNorm folded into per-channel ``scale``/``shift``: PyTorch computes the batch statistics
+(so autograd differentiates through them), the kernel does the elementwise work in one pass.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import ssgan.kernels as K
+
+BN_EPS = 1e-3  # TensorFlow's default, which the notebook used
+
+
+class FoldedBatchNorm(nn.BatchNorm2d):
+    """A BatchNorm2d that returns its normalize+affine as (scale, shift) vectors instead of
+    applying them, so the activation kernel can apply them in the same pass.
+
+    In training it uses batch statistics and, when ``update_stats``, updates the running ones.
+    ``use_batch_stats`` forces batch statistics at evaluation too (the notebook's behaviour).
+    """
+
+    def __init__(self, channels: int):
+        super().__init__(channels, eps=BN_EPS)
+        self.use_batch_stats = False
+
+    def scale_shift(self, x: torch.Tensor, update_stats: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training or self.use_batch_stats:
+            var, mean = torch.var_mean(x.float(), dim=[d for d in range(x.dim()) if d != 1],
+                                       correction=0)
+            if self.training and update_stats:
+                with torch.no_grad():
+                    n = x.numel() // x.shape[1]
+                    self.running_mean.lerp_(mean, self.momentum)
+                    self.running_var.lerp_(var * n / max(1, n - 1), self.momentum)
+                    self.num_batches_tracked += 1
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        return scale, self.bias - mean * scale
+
+
+class LeakyBlock(nn.Module):
+    """Optional folded BatchNorm, then leaky-ReLU, then dropout: one fused kernel call."""
+
+    def __init__(self, channels: int | None, alpha: float, p: float = 0.0):
+        super().__init__()
+        self.bn = FoldedBatchNorm(channels) if channels else None
+        self.alpha, self.p = alpha, p
+
+    def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        scale = shift = None
+        if self.bn is not None:
+            scale, shift = self.bn.scale_shift(x, update_stats)
+        return K.leaky_relu_dropout(x, negative_slope=self.alpha, p=self.p,
+                                    training=self.training, scale=scale, shift=shift)
+
+
+class Discriminator(nn.Module):
+    """The notebook's discriminator as its effective graph: an (N[+1])-class classifier.
+
+    x: float (B, C, H, W) in [-1, 1], H = W >= 24. Returns class_logits (B, K or K+1), gan_logits
+    (B,) with sigmoid(gan_logits) = P(real), and features (B, 2*size_mult) for feature matching.
+
+    The notebook computes bn2 but applies leaky-ReLU to the raw conv2 output, and its x6/bn6
+    layer is dead because x7 reads relu5; both are left out here, so conv2 has no BatchNorm.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, size_mult: int = 64,
+                 drop_rate: float = 0.5, alpha: float = 0.2, extra_class: bool = False):
+        super().__init__()
+        m = size_mult
+        self.extra_class = extra_class
+        # leaky-ReLU with slope 1 is the identity: input dropout reuses the same kernel
+        self.input_dropout = LeakyBlock(None, alpha=1.0, p=drop_rate / 2.5)
+        self.conv1 = nn.Conv2d(in_channels, m, 3, stride=2, padding=1)
+        self.act1 = LeakyBlock(None, alpha, drop_rate)
+        self.conv2 = nn.Conv2d(m, m, 3, stride=2, padding=1)
+        self.act2 = LeakyBlock(None, alpha)
+        self.conv3 = nn.Conv2d(m, m, 3, stride=2, padding=1)
+        self.act3 = LeakyBlock(m, alpha, drop_rate)
+        self.conv4 = nn.Conv2d(m, 2 * m, 3, stride=1, padding=1)
+        self.act4 = LeakyBlock(2 * m, alpha)
+        self.conv5 = nn.Conv2d(2 * m, 2 * m, 3, stride=1, padding=1)
+        self.act5 = LeakyBlock(2 * m, alpha)
+        self.conv7 = nn.Conv2d(2 * m, 2 * m, 3, stride=1, padding=0)
+        self.act7 = LeakyBlock(None, alpha)
+        self.classifier = nn.Linear(2 * m, num_classes + int(extra_class))
+
+    def set_eval_bn(self, mode: str) -> None:
+        """``running`` (statistics of real training data) or ``batch`` (the notebook)."""
+        if mode not in ("running", "batch"):
+            raise ValueError(f"--eval-bn must be running or batch, got {mode!r}")
+        for module in self.modules():
+            if isinstance(module, FoldedBatchNorm):
+                module.use_batch_stats = mode == "batch"
+
+    def forward(self, x: torch.Tensor, update_stats: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``update_stats=False`` keeps generated batches out of the BN running statistics."""
+        h = self.input_dropout(x)
+        h = self.act1(self.conv1(h))
+        h = self.act2(self.conv2(h))
+        for conv, act in ((self.conv3, self.act3), (self.conv4, self.act4),
+                          (self.conv5, self.act5)):
+            h = act(conv(h), update_stats)
+        h = self.act7(self.conv7(h))
+        features = h.mean(dim=(2, 3))
+        class_logits = self.classifier(features)
+        return class_logits, K.gan_logits(class_logits, extra_class=self.extra_class), features
+
+
+class Generator(nn.Module):
+    """The notebook's generator: dense -> (4*m, s/8, s/8) -> three 5x5 stride-2 transposed
+    convolutions -> tanh. z: float (B, z_dim). Returns float (B, C, s, s) in [-1, 1]."""
+
+    def __init__(self, z_dim: int = 100, out_channels: int = 3, image_size: int = 32,
+                 size_mult: int = 32, alpha: float = 0.2):
+        super().__init__()
+        if image_size % 8:
+            raise ValueError(f"image size must be a multiple of 8, got {image_size} "
+                             "(--image-size)")
+        m, self.base = size_mult, image_size // 8
+        self.z_dim = z_dim
+        self.dense = nn.Linear(z_dim, self.base * self.base * 4 * m)
+        self.act0 = LeakyBlock(4 * m, alpha)
+        self.deconv1 = nn.ConvTranspose2d(4 * m, 2 * m, 5, 2, padding=2, output_padding=1)
+        self.act1 = LeakyBlock(2 * m, alpha)
+        self.deconv2 = nn.ConvTranspose2d(2 * m, m, 5, 2, padding=2, output_padding=1)
+        self.act2 = LeakyBlock(m, alpha)
+        self.deconv3 = nn.ConvTranspose2d(m, out_channels, 5, 2, padding=2, output_padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.dense(z).view(z.shape[0], -1, self.base, self.base)
+        h = self.act0(h)
+        h = self.act1(self.deconv1(h))
+        h = self.act2(self.deconv2(h))
+        return torch.tanh(self.deconv3(h))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

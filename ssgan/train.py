@@ -1,0 +1,329 @@
+"""The trainer: one readable loop (nanoGPT style), configured by a dataclass.
+
+Per step: draw a batch by an on-device permutation, sample z on the device, run G once and D on
+real and generated data once, and update both players simultaneously from that one forward pass
+(the notebook's recipe). Per epoch: evaluate, write a metrics row, a sample grid and a
+checkpoint. A resumed run continues bit-exactly on CPU.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import ssgan.kernels as K
+from ssgan import plots
+from ssgan.data import Dataset, load_dataset, select_labeled, to_unit_range
+from ssgan.losses import discriminator_loss, feature_matching_loss
+from ssgan.models import Discriminator, Generator
+
+METRIC_FIELDS = ["epoch", "lr", "d_loss", "g_loss", "supervised_loss", "train_accuracy",
+                 "test_accuracy", "step_ms", "epoch_s"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "svhn"
+    data_dir: str = "data/svhn"
+    out_dir: str = "runs"
+    name: str = ""
+    download: bool = True
+    verify_md5: bool = True
+    mnist_train_prefix: str = "train"
+    mnist_test_prefix: str = "t10k"
+    image_size: int = 32
+    channels: int = 3
+    labels: int = 1000
+    label_selection: str = "first"
+    labeled_batch_size: int = 0
+    supervised_only: bool = False
+    batch_size: int = 128
+    epochs: int = 25
+    lr: float = 3e-4
+    beta1: float = 0.5
+    lr_decay: float = 0.9
+    z_dim: int = 100
+    d_size_mult: int = 64
+    g_size_mult: int = 32
+    drop_rate: float = 0.5
+    alpha: float = 0.2
+    extra_class: bool = False
+    eval_bn: str = "running"
+    eval_batch_size: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    kernels: str = "auto"
+    resume: bool = False
+    progress: bool = True
+
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / (self.name or f"{self.dataset}-{self.labels}labels")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is visible; use "
+                         "--device cpu")
+    return device
+
+
+def build_models(cfg: TrainConfig, data: Dataset, device: torch.device
+                 ) -> tuple[Generator, Discriminator]:
+    g = Generator(cfg.z_dim, data.channels, data.image_size, cfg.g_size_mult, cfg.alpha)
+    d = Discriminator(data.channels, data.num_classes, cfg.d_size_mult, cfg.drop_rate,
+                      cfg.alpha, cfg.extra_class)
+    d.set_eval_bn(cfg.eval_bn)
+    return g.to(device), d.to(device)
+
+
+@torch.no_grad()
+def accuracy(d: Discriminator, images: torch.Tensor, labels: torch.Tensor,
+             batch_size: int, num_classes: int) -> float:
+    """Top-1 accuracy of D's real-class logits (dropout off); images uint8 (N, C, H, W)."""
+    was_training = d.training
+    d.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=images.device)
+    for start in range(0, images.shape[0], batch_size):
+        logits, _, _ = d(to_unit_range(images[start:start + batch_size]))
+        pred = logits[:, :num_classes].argmax(1)
+        correct += (pred == labels[start:start + batch_size]).sum()
+    d.train(was_training)
+    return correct.item() / max(1, images.shape[0])
+
+
+def _validate(cfg: TrainConfig, data: Dataset) -> None:
+    if cfg.batch_size < 1 or cfg.batch_size > len(data.train):
+        raise ValueError(f"--batch-size must be in 1..{len(data.train)} (the training set), "
+                         f"got {cfg.batch_size}")
+    if cfg.labeled_batch_size < 0:
+        raise ValueError(f"--labeled-batch-size must be >= 0, got {cfg.labeled_batch_size}")
+    if cfg.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if not 0 <= cfg.drop_rate < 1:
+        raise ValueError(f"--drop-rate must be in [0, 1), got {cfg.drop_rate}")
+    if data.image_size != cfg.image_size and cfg.dataset != "folder":
+        cfg.image_size = data.image_size
+
+
+class Trainer:
+    """Holds the models, optimizers and data of one run; :meth:`fit` trains it."""
+
+    def __init__(self, cfg: TrainConfig, data: Dataset | None = None):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        data = data or load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
+                                    verify_md5=cfg.verify_md5,
+                                    mnist_train_prefix=cfg.mnist_train_prefix,
+                                    mnist_test_prefix=cfg.mnist_test_prefix,
+                                    image_size=cfg.image_size, channels=cfg.channels)
+        _validate(cfg, data)
+        torch.manual_seed(cfg.seed)
+        self.data = data.to(self.device)
+        self.labeled_idx = select_labeled(data.train.labels, cfg.labels, cfg.label_selection,
+                                          data.num_classes, cfg.seed).to(self.device)
+        # labels the model may see: -1 everywhere except the chosen labeled subset
+        self.train_labels = torch.full_like(self.data.train.labels, -1)
+        self.train_labels[self.labeled_idx] = self.data.train.labels[self.labeled_idx]
+        self.g, self.d = build_models(cfg, data, self.device)
+        betas = (cfg.beta1, 0.999)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=betas)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=betas)
+        self.batch_rng = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.fixed_z = (torch.rand(64, cfg.z_dim, generator=torch.Generator().manual_seed(
+            cfg.seed + 1)) * 2 - 1).to(self.device)
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.run_dir = cfg.run_dir()
+
+    # ------------------------------------------------------------ one step
+    def _sample_z(self, n: int) -> torch.Tensor:
+        return torch.rand(n, self.cfg.z_dim, device=self.device, generator=self.batch_rng) * 2 - 1
+
+    def _labeled_batch(self, n: int) -> torch.Tensor:
+        pick = torch.randint(0, self.labeled_idx.numel(), (n,), device=self.device,
+                             generator=self.batch_rng)
+        return self.labeled_idx[pick]
+
+    def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One simultaneous update of D and G; ``idx`` indexes the training set (on device)."""
+        cfg = self.cfg
+        if cfg.supervised_only:
+            return self._supervised_step(idx)
+        if cfg.labeled_batch_size:
+            idx = torch.cat([idx, self._labeled_batch(cfg.labeled_batch_size)])
+        real = to_unit_range(self.data.train.images[idx])
+        labels = self.train_labels[idx]
+        fake = self.g(self._sample_z(cfg.batch_size))
+        class_real, gan_real, feat_real = self.d(real)
+        _, gan_fake, feat_fake = self.d(fake, update_stats=False)
+        losses = discriminator_loss(class_real, gan_real, gan_fake, labels, labels >= 0)
+        losses["g_loss"] = feature_matching_loss(feat_real, feat_fake)
+        d_params, g_params = list(self.d.parameters()), list(self.g.parameters())
+        d_grads = torch.autograd.grad(losses["d_loss"], d_params, retain_graph=True)
+        g_grads = torch.autograd.grad(losses["g_loss"], g_params)
+        for params, grads in ((d_params, d_grads), (g_params, g_grads)):
+            for p, grad in zip(params, grads):
+                p.grad = grad
+        self.opt_d.step()
+        self.opt_g.step()
+        return losses
+
+    def _supervised_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Baseline: the same D trained on labeled examples only, no GAN terms."""
+        idx = self._labeled_batch(min(self.cfg.batch_size, self.labeled_idx.numel()))
+        labels = self.train_labels[idx]
+        class_real, _, _ = self.d(to_unit_range(self.data.train.images[idx]))
+        loss = K.masked_cross_entropy(class_real, labels, labels >= 0)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        zero = torch.zeros((), device=self.device)
+        return {"d_loss": loss, "supervised": loss, "g_loss": zero}
+
+    # ------------------------------------------------------------ epochs
+    def fit(self) -> list[dict]:
+        """Trains to ``cfg.epochs`` (continuing from a checkpoint with ``resume``); returns the
+        metrics of every epoch."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            self.load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
+        elif (self.run_dir / "metrics.csv").exists():
+            raise ValueError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
+                             "or choose another --name")
+        (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        with K.use_backend(cfg.kernels):
+            while self.epoch < cfg.epochs:
+                self._train_epoch()
+        plots.accuracy_curves(self.history, self.run_dir / "accuracy.png")
+        return self.history
+
+    def _train_epoch(self) -> None:
+        cfg, n = self.cfg, len(self.data.train)
+        self.g.train()
+        self.d.train()
+        steps = n // cfg.batch_size
+        perm = torch.randperm(n, device=self.device, generator=self.batch_rng)
+        sums = {"d_loss": 0.0, "g_loss": 0.0, "supervised": 0.0}
+        bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not cfg.progress)
+        start = time.perf_counter()
+        for i in bar:
+            losses = self.step(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+            values = torch.stack([losses[k].detach().float() for k in sums]).tolist()
+            if not all(math.isfinite(v) for v in values):
+                raise TrainingError(
+                    f"non-finite loss at epoch {self.epoch + 1}, step {i + 1}: "
+                    + ", ".join(f"{k}={v}" for k, v in zip(sums, values))
+                    + f". The last good checkpoint is kept in {self.run_dir / 'checkpoints'}; "
+                    "lower --lr or check the data, then --resume")
+            for k, v in zip(sums, values):
+                sums[k] += v
+            bar.set_postfix(d=f"{values[0]:.3f}", g=f"{values[1]:.3f}", sup=f"{values[2]:.3f}")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        epoch_s = time.perf_counter() - start
+        self.epoch += 1
+        row = self._evaluate(sums, steps, epoch_s)
+        for opt in (self.opt_d, self.opt_g):
+            for group in opt.param_groups:
+                group["lr"] *= cfg.lr_decay
+        self._record(row)
+
+    def _evaluate(self, sums: dict, steps: int, epoch_s: float) -> dict:
+        cfg, data = self.cfg, self.data
+        eval_bs = cfg.batch_size if cfg.eval_bn == "batch" else cfg.eval_batch_size
+        train_acc = accuracy(self.d, data.train.images[self.labeled_idx],
+                             data.train.labels[self.labeled_idx], eval_bs, data.num_classes)
+        test_acc = (accuracy(self.d, data.test.images, data.test.labels, eval_bs,
+                             data.num_classes) if data.test is not None else float("nan"))
+        row = {"epoch": self.epoch, "lr": self.opt_d.param_groups[0]["lr"],
+               "d_loss": sums["d_loss"] / steps, "g_loss": sums["g_loss"] / steps,
+               "supervised_loss": sums["supervised"] / steps, "train_accuracy": train_acc,
+               "test_accuracy": test_acc, "step_ms": 1000 * epoch_s / steps, "epoch_s": epoch_s}
+        tqdm.write(f"epoch {self.epoch}/{cfg.epochs}  train acc {train_acc:.4f}  "
+                   f"test acc {test_acc:.4f}  d {row['d_loss']:.4f}  g {row['g_loss']:.4f}  "
+                   f"{row['step_ms']:.1f} ms/step  {epoch_s:.1f} s")
+        return row
+
+    def _record(self, row: dict) -> None:
+        """Appends the metrics row, writes the sample grid and then the checkpoint, so a
+        checkpoint never refers to an epoch whose outputs are missing."""
+        self.history.append(row)
+        path = self.run_dir / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if not self.cfg.supervised_only:
+            self.g.eval()
+            with torch.no_grad():
+                samples = self.g(self.fixed_z)
+            self.g.train()
+            plots.image_grid(samples, self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png")
+        self.save_checkpoint(self.run_dir / "checkpoints" / "last.pt")
+
+    # ------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "epoch": self.epoch, "config": dataclasses.asdict(self.cfg),
+            "generator": self.g.state_dict(), "discriminator": self.d.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "history": self.history, "num_classes": self.data.num_classes,
+            "class_names": self.data.class_names, "channels": self.data.channels,
+            "image_size": self.data.image_size,
+            "rng_cpu": torch.get_rng_state(), "rng_batches": self.batch_rng.get_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+
+    def load_checkpoint(self, path: Path) -> None:
+        if not path.exists():
+            raise ValueError(f"--resume: no checkpoint at {path}; start without --resume, or "
+                             "give the --name/--out-dir of the run to continue")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.g.load_state_dict(state["generator"])
+        self.d.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.epoch, self.history = state["epoch"], state["history"]
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        self.batch_rng.set_state(state["rng_batches"].cpu())
+        if state["rng_cuda"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drops metrics rows written after the checkpoint (a run killed mid-record)."""
+        with open(self.run_dir / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.history)
+
+
+def train(cfg: TrainConfig, data: Dataset | None = None) -> list[dict]:
+    """Builds a :class:`Trainer` and trains; returns the per-epoch metrics."""
+    return Trainer(cfg, data).fit()
