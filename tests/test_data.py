@@ -1,0 +1,201 @@
+import gzip
+import io
+import struct
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+
+from ssgan import data as D
+
+SHARED_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+
+
+def write_svhn(folder: Path, n_train: int = 30, n_test: int = 20, seed: int = 0) -> dict:
+    """Small synthetic SVHN files in the official .mat layout; returns the arrays written."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+        y = rng.integers(1, 11, size=(n, 1), dtype=np.uint8)
+        y[:3, 0] = [10, 1, 10]
+        scipy.io.savemat(folder / D.SVHN_FILES[split][0], {"X": x, "y": y})
+        arrays[split] = (x, y)
+    return arrays
+
+
+def test_svhn_round_trip_maps_label_10_to_0(tmp_path):
+    arrays = write_svhn(tmp_path)
+    ds = D.load_svhn(tmp_path, download=False, verify_md5=False)
+    x, y = arrays["train"]
+    assert ds.train.images.dtype == torch.uint8 and ds.train.images.shape == (30, 3, 32, 32)
+    assert torch.equal(ds.train.images, torch.from_numpy(x.transpose(3, 2, 0, 1).copy()))
+    expected = torch.from_numpy(y[:, 0].astype(np.int64))
+    expected[expected == 10] = 0
+    assert torch.equal(ds.train.labels, expected)
+    assert ds.train.labels[:3].tolist() == [0, 1, 0]
+    assert len(ds.test) == 20 and ds.num_classes == 10
+    unit = D.to_unit_range(ds.train.images)
+    assert unit.min() >= -1 and unit.max() <= 1 and unit.dtype == torch.float32
+
+
+def test_svhn_md5_mismatch_is_a_clear_error(tmp_path):
+    write_svhn(tmp_path)
+    with pytest.raises(D.DataError, match=r"MD5 .* official file has e26dedcc.*--skip-md5"):
+        D.load_svhn(tmp_path, download=False)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_svhn_corrupt_file_is_a_clear_error(tmp_path, damage):
+    write_svhn(tmp_path)
+    path = tmp_path / "train_32x32.mat"
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else b"not a mat file" * 50)
+    with pytest.raises(D.DataError, match="not a readable SVHN .mat file"):
+        D.load_svhn(tmp_path, download=False, verify_md5=False)
+
+
+def test_svhn_wrong_layout_is_a_clear_error(tmp_path):
+    write_svhn(tmp_path)
+    scipy.io.savemat(tmp_path / "test_32x32.mat", {"X": np.zeros((28, 28, 1, 4), np.uint8),
+                                                    "y": np.ones((4, 1), np.uint8)})
+    with pytest.raises(D.DataError, match=r"expected X \(32, 32, 3, N\)"):
+        D.load_svhn(tmp_path, download=False, verify_md5=False)
+
+
+def test_svhn_missing_without_download_names_files_url_and_flag(tmp_path):
+    with pytest.raises(D.DataError) as err:
+        D.load_svhn(tmp_path / "nowhere", download=False)
+    message = str(err.value)
+    for needle in ("train_32x32.mat", "http://ufldl.stanford.edu/housenumbers/", "--data-dir",
+                   "--no-download"):
+        assert needle in message
+
+
+def test_svhn_download_failure_and_success(tmp_path, monkeypatch):
+    def offline(url, timeout):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(D.urllib.request, "urlopen", offline)
+    with pytest.raises(D.DataError, match="downloading .* failed .*--data-dir"):
+        D.load_svhn(tmp_path / "dl")
+    assert not (tmp_path / "dl" / "train_32x32.mat").exists()
+
+    source = tmp_path / "source"
+    write_svhn(source)
+
+    class Response(io.BytesIO):
+        headers = {}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(D.urllib.request, "urlopen",
+                        lambda url, timeout: Response((source / url.rsplit("/", 1)[1]).read_bytes()))
+    ds = D.load_svhn(tmp_path / "dl", verify_md5=False)
+    assert len(ds.train) == 30 and (tmp_path / "dl" / "test_32x32.mat").exists()
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I",
+                                                                   *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist is absent")
+def test_mnist_subset_from_shared_data():
+    ds = D.load_mnist(SHARED_MNIST, train_prefix="train-5k")
+    assert ds.train.images.shape == (5000, 1, 32, 32) and ds.test.images.shape == (10000, 1, 32, 32)
+    assert torch.bincount(ds.train.labels).tolist() == [500] * 10
+    assert ds.train.images[:, :, :2].max() == 0 and ds.train.images[:, :, :, -2:].max() == 0
+    assert ds.train.images.float().mean() > 10  # real digits, not zeros
+
+
+def test_mnist_idx_round_trip_and_errors(tmp_path):
+    images = np.random.default_rng(1).integers(0, 256, (7, 28, 28))
+    labels = np.arange(7) % 10
+    for prefix in ("mine", "t10k"):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    ds = D.load_mnist(tmp_path, train_prefix="mine")
+    assert torch.equal(ds.train.images[:, 0, 2:30, 2:30], torch.from_numpy(images.astype(np.uint8)))
+    assert ds.train.labels.tolist() == labels.tolist()
+    with pytest.raises(D.DataError, match="missing.*--mnist-train-prefix"):
+        D.load_mnist(tmp_path, train_prefix="train")
+    raw = (tmp_path / "mine-images-idx3-ubyte.gz").read_bytes()
+    (tmp_path / "mine-images-idx3-ubyte.gz").write_bytes(raw[:40])
+    with pytest.raises(D.DataError, match="not a valid gzipped IDX file"):
+        D.load_mnist(tmp_path, train_prefix="mine")
+
+
+def write_image_folder(root: Path, classes=("cat", "dog"), per_class=4, unlabeled=6,
+                       test_per_class=2) -> None:
+    rng = np.random.default_rng(0)
+
+    def save(path: Path, size):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+
+    for c in classes:
+        for i in range(per_class):
+            save(root / c / f"{i}.png", (40 + i, 50))
+        for i in range(test_per_class):
+            save(root / "test" / c / f"{i}.jpg", (20, 20))
+    for i in range(unlabeled):
+        save(root / "unlabeled" / f"u{i}.png", (64, 33))
+
+
+def test_image_folder_dataset(tmp_path):
+    write_image_folder(tmp_path)
+    ds = D.load_image_folder(tmp_path, image_size=16, channels=3)
+    assert ds.class_names == ["cat", "dog"] and ds.num_classes == 2
+    assert ds.train.images.shape == (14, 3, 16, 16) and ds.train.images.dtype == torch.uint8
+    assert ds.train.labels.tolist() == [0] * 4 + [1] * 4 + [-1] * 6
+    assert ds.test.labels.tolist() == [0, 0, 1, 1]
+    gray = D.load_image_folder(tmp_path, image_size=8, channels=1)
+    assert gray.train.images.shape == (14, 1, 8, 8)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(D.DataError, match="does not exist.*--data-dir"):
+        D.load_image_folder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(D.DataError, match="no class subfolders"):
+        D.load_image_folder(tmp_path / "empty")
+    write_image_folder(tmp_path / "broken")
+    (tmp_path / "broken" / "cat" / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(D.DataError, match="cannot read image .*bad.png"):
+        D.load_image_folder(tmp_path / "broken")
+
+
+def test_label_selection_first_and_balanced():
+    labels = torch.tensor([3, 1, -1, 0, 2, 1, 0, 3, 2, 0, 1, 2, 3, -1, 0])
+    first = D.select_labeled(labels, 4, "first", 4, seed=0)
+    assert first.tolist() == [0, 1, 3, 4]
+    balanced = D.select_labeled(labels, 8, "balanced", 4, seed=0)
+    assert torch.bincount(labels[balanced], minlength=4).tolist() == [2, 2, 2, 2]
+    assert (labels[balanced] >= 0).all()
+    assert torch.equal(balanced, D.select_labeled(labels, 8, "balanced", 4, seed=0))
+    others = [D.select_labeled(labels, 8, "balanced", 4, seed=s) for s in range(1, 6)]
+    assert any(not torch.equal(balanced, o) for o in others)
+
+
+@pytest.mark.parametrize("n,mode,classes,match", [
+    (0, "first", 4, r"--labels must be in 1\.\.13"),
+    (14, "first", 4, r"--labels must be in 1\.\.13"),
+    (6, "balanced", 4, "not divisible by the 4 classes"),
+    (12, "balanced", 2, "class 0 has only 4"),
+    (4, "random", 4, "--label-selection must be first or balanced"),
+])
+def test_label_selection_errors(n, mode, classes, match):
+    labels = torch.tensor([3, 1, -1, 0, 2, 1, 0, 3, 2, 0, 1, 2, 3, -1, 0])
+    with pytest.raises(D.DataError, match=match):
+        D.select_labeled(labels, n, mode, classes, seed=0)

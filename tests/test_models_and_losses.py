@@ -1,0 +1,124 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ssgan.kernels as K
+from conftest import KERNEL_PATH
+from ssgan.losses import discriminator_loss, feature_matching_loss
+from ssgan.models import Discriminator, FoldedBatchNorm, Generator, LeakyBlock, count_parameters
+
+# The notebook's architecture, counted by hand from its TensorFlow layers (conv/dense weights +
+# biases, BN gamma + beta), for 3 input channels and 10 classes:
+#   D: conv1 1,792 + conv2 36,928 + conv3 36,928 + bn3 128 + conv4 73,856 + bn4 256
+#      + conv5 147,584 + bn5 256 + conv7 147,584 + dense 1,290 = 446,602
+#      (its dead bn2 (128), conv6 (147,584) and bn6 (256) would make 594,570 variables)
+#   G: dense 206,848 + bn 256 + deconv1 204,864 + bn 128 + deconv2 51,232 + bn 64
+#      + deconv3 2,403 = 465,795
+NOTEBOOK_D_PARAMS = 446_602
+NOTEBOOK_G_PARAMS = 465_795
+
+
+def test_parameter_counts_equal_the_notebook():
+    assert count_parameters(Discriminator()) == NOTEBOOK_D_PARAMS
+    assert count_parameters(Generator()) == NOTEBOOK_G_PARAMS
+    assert count_parameters(Discriminator(extra_class=True)) == NOTEBOOK_D_PARAMS - 1290 + 1419
+    # 1 channel (MNIST): only the first and last convolutions change
+    assert count_parameters(Discriminator(in_channels=1)) == NOTEBOOK_D_PARAMS - 2 * 9 * 64
+    assert count_parameters(Generator(out_channels=1)) == NOTEBOOK_G_PARAMS - 2 * 25 * 32 - 2
+
+
+@pytest.mark.parametrize("channels,size,extra", [(3, 32, False), (1, 32, True), (3, 48, False)])
+def test_shapes(channels, size, extra):
+    d = Discriminator(channels, 10, size_mult=8, extra_class=extra)
+    g = Generator(16, channels, size, size_mult=8)
+    z = torch.rand(5, 16) * 2 - 1
+    fake = g(z)
+    assert fake.shape == (5, channels, size, size)
+    assert fake.abs().max() <= 1
+    logits, gan, features = d(fake)
+    assert logits.shape == (5, 10 + extra) and gan.shape == (5,) and features.shape == (5, 16)
+
+
+def test_generator_rejects_bad_size():
+    with pytest.raises(ValueError, match="multiple of 8.*--image-size"):
+        Generator(image_size=30)
+
+
+def test_folded_block_equals_batchnorm_then_leaky_relu():
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, 4, 4)
+    block = LeakyBlock(5, alpha=0.2)
+    bn = torch.nn.BatchNorm2d(5, eps=1e-3)
+    with torch.no_grad():
+        for layer in (block.bn, bn):
+            layer.weight.copy_(torch.linspace(0.5, 1.5, 5))
+            layer.bias.copy_(torch.linspace(-1, 1, 5))
+    torch.testing.assert_close(block(x), F.leaky_relu(bn(x), 0.2))
+    torch.testing.assert_close(block.bn.running_mean, bn.running_mean)
+    torch.testing.assert_close(block.bn.running_var, bn.running_var)
+    block.eval(), bn.eval()
+    torch.testing.assert_close(block(x + 1), F.leaky_relu(bn(x + 1), 0.2))
+
+
+def test_generated_batches_do_not_touch_running_stats():
+    d = Discriminator(1, 10, size_mult=4)
+    before = [m.running_mean.clone() for m in d.modules() if isinstance(m, FoldedBatchNorm)]
+    d(torch.randn(4, 1, 32, 32), update_stats=False)
+    after = [m.running_mean for m in d.modules() if isinstance(m, FoldedBatchNorm)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    d(torch.randn(4, 1, 32, 32))
+    assert not all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_eval_bn_modes():
+    d = Discriminator(1, 10, size_mult=4).eval()
+    x = torch.randn(8, 1, 32, 32) * 3 + 2
+    running = d(x)[0]
+    d.set_eval_bn("batch")
+    batch = d(x)[0]
+    assert not torch.allclose(running, batch)
+    with pytest.raises(ValueError, match="--eval-bn"):
+        d.set_eval_bn("both")
+
+
+def test_models_on_kernel_path_match_twins(device, monkeypatch):
+    """The same models, seeds and inputs through the Triton path and through the twins."""
+    torch.manual_seed(0)
+    d = Discriminator(3, 10, size_mult=4, extra_class=True).to(device)
+    g = Generator(8, 3, 32, size_mult=4).to(device)
+    z = torch.rand(3, 8, device=device)
+    results = []
+    for backend in ("triton", "torch"):
+        monkeypatch.setenv("SSGAN_KERNELS", backend)
+        assert K.backend_for(z) == (KERNEL_PATH if backend == "triton" else "torch")
+        torch.manual_seed(1)
+        fake = g(z)
+        logits, gan, features = d(fake)
+        grads = torch.autograd.grad(gan.sum() + features.sum(), list(d.parameters()))
+        results.append((fake, logits, gan, features, grads))
+    for a, b in zip(*results):
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_discriminator_loss_matches_formulas():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 10)
+    gan_real, gan_fake = torch.randn(6), torch.randn(4)
+    labels = torch.tensor([1, -1, 3, -1, 9, 0])
+    mask = labels >= 0
+    out = discriminator_loss(logits, gan_real, gan_fake, labels, mask)
+    ce = -torch.log_softmax(logits, 1)[mask].gather(1, labels[mask][:, None]).mean()
+    real = -torch.log(torch.sigmoid(gan_real)).mean()
+    fake = -torch.log(1 - torch.sigmoid(gan_fake)).mean()
+    torch.testing.assert_close(out["supervised"], ce)
+    torch.testing.assert_close(out["bce_real"], real)
+    torch.testing.assert_close(out["bce_fake"], fake)
+    torch.testing.assert_close(out["d_loss"], ce + real + fake)
+
+
+def test_feature_matching_loss_matches_formula():
+    real, fake = torch.randn(7, 5), torch.randn(3, 5)
+    expected = sum(abs(real[:, j].mean() - fake[:, j].mean()) for j in range(5)) / 5
+    torch.testing.assert_close(feature_matching_loss(real, fake), expected)
+    assert feature_matching_loss(real, real).item() == 0

@@ -1,0 +1,127 @@
+import csv
+
+import pytest
+import torch
+
+import ssgan.train as T
+from ssgan.data import Dataset, Split
+
+TIMING = {"step_ms", "epoch_s"}
+
+
+def tiny_dataset(n=48, classes=3, channels=1, size=32, seed=0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    # class-dependent brightness so there is something to learn
+    images = (torch.rand(n, channels, size, size, generator=g) * 40 + labels.view(-1, 1, 1, 1)
+              * 100).to(torch.uint8)
+    test_labels = torch.arange(30) % classes
+    test = (torch.rand(30, channels, size, size, generator=g) * 40
+            + test_labels.view(-1, 1, 1, 1) * 100).to(torch.uint8)
+    return Dataset(Split(images, labels), Split(test, test_labels), classes)
+
+
+def tiny_config(tmp_path, **overrides) -> T.TrainConfig:
+    cfg = dict(dataset="tiny", out_dir=str(tmp_path), name="run", labels=6,
+               label_selection="balanced", batch_size=16, epochs=2, z_dim=8, d_size_mult=4,
+               g_size_mult=4, kernels="torch", device="cpu", progress=False, seed=3,
+               eval_batch_size=64)
+    cfg.update(overrides)
+    return T.TrainConfig(**cfg)
+
+
+def read_metrics(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_epoch_smoke_run_writes_everything(tmp_path):
+    cfg = tiny_config(tmp_path)
+    history = T.train(cfg, tiny_dataset())
+    run = tmp_path / "run"
+    rows = read_metrics(run / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and len(history) == 2
+    assert set(rows[0]) == set(T.METRIC_FIELDS)
+    assert float(rows[1]["lr"]) == pytest.approx(cfg.lr * cfg.lr_decay)
+    for r in rows:
+        assert 0 <= float(r["test_accuracy"]) <= 1 and float(r["step_ms"]) > 0
+    for name in ("samples/epoch_001.png", "samples/epoch_002.png", "accuracy.png",
+                 "config.json", "checkpoints/last.pt"):
+        assert (run / name).stat().st_size > 0, name
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(
+        cfg.lr * cfg.lr_decay ** 2)
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    data = tiny_dataset()
+    full = T.train(tiny_config(tmp_path / "a", epochs=3), data)
+    T.train(tiny_config(tmp_path / "b", epochs=1), data)           # "killed" after epoch 1
+    resumed = T.train(tiny_config(tmp_path / "b", epochs=3, resume=True), data)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    assert strip(resumed) == strip(full)
+    a = torch.load(tmp_path / "a/run/checkpoints/last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b/run/checkpoints/last.pt", weights_only=True)
+    for key in ("generator", "discriminator"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), name
+    assert len(read_metrics(tmp_path / "b/run/metrics.csv")) == 3
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    data = tiny_dataset()
+    trainer = T.Trainer(tiny_config(tmp_path, epochs=3), data)
+    real_step = trainer.step
+    calls = {"n": 0}
+
+    def step(idx):
+        calls["n"] += 1
+        losses = real_step(idx)
+        if calls["n"] == 5:  # epoch 2 (3 steps per epoch), step 2
+            losses["g_loss"] = torch.tensor(float("nan"))
+        return losses
+
+    monkeypatch.setattr(trainer, "step", step)
+    with pytest.raises(T.TrainingError, match=r"non-finite loss at epoch 2, step 2.*--resume"):
+        trainer.fit()
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    assert state["epoch"] == 1
+
+
+def test_existing_run_needs_resume_and_resume_needs_checkpoint(tmp_path):
+    data = tiny_dataset()
+    T.train(tiny_config(tmp_path, epochs=1), data)
+    with pytest.raises(ValueError, match="--resume"):
+        T.train(tiny_config(tmp_path, epochs=1), data)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        T.train(tiny_config(tmp_path, name="other", resume=True), data)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(labeled_batch_size=8, extra_class=True),
+    dict(supervised_only=True),
+    dict(eval_bn="batch", label_selection="first", labels=10),
+])
+def test_variants_run(tmp_path, overrides):
+    history = T.train(tiny_config(tmp_path, epochs=1, **overrides), tiny_dataset())
+    assert len(history) == 1 and 0 <= history[0]["test_accuracy"] <= 1
+
+
+def test_supervised_signal_learns_the_tiny_task(tmp_path):
+    history = T.train(tiny_config(tmp_path, epochs=20, supervised_only=True, lr=3e-3,
+                                  lr_decay=1.0), tiny_dataset())
+    assert history[-1]["train_accuracy"] == 1.0 and history[-1]["test_accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(batch_size=0), "--batch-size"),
+    (dict(batch_size=1000), "--batch-size"),
+    (dict(labeled_batch_size=-1), "--labeled-batch-size"),
+    (dict(epochs=0), "--epochs"),
+    (dict(drop_rate=1.0), "--drop-rate"),
+    (dict(labels=100), "--labels"),
+    (dict(device="tpu"), "--device"),
+])
+def test_bad_config_names_the_flag(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        T.Trainer(tiny_config(tmp_path, **overrides), tiny_dataset())
