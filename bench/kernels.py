@@ -1,0 +1,271 @@
+"""Per-op benchmark: ssgan's Triton kernels against eager PyTorch and torch.compile.
+
+For every op, every shape the batch-128 models use plus a sweep to memory-bound sizes
+(>= 256 MB per tensor), and forward / backward / forward+backward, it records the median time
+(``triton.testing.do_bench``), the achieved GB/s from the bytes the op must move, that as a
+percentage of the device's copy bandwidth measured in the same run, and the peak memory of
+forward+backward. Output: ``kernels.csv`` and PNG plots under ``bench/results/<gpu>/``.
+
+    python -m bench.kernels                # on a GPU
+    python -m bench.kernels --smoke        # tiny shapes on CPU: checks the harness only
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import ssgan.kernels as K
+from ssgan.kernels import reference as ref
+from bench import common
+
+PROVIDERS = ("ssgan", "twin", "notebook", "compile")
+MODES = ("fwd", "bwd", "fwd+bwd")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Case:
+    op: str
+    variant: str
+    label: str                      # where the shape comes from (a model layer, or "sweep")
+    shape: tuple
+    make: Callable[[], tuple]       # fresh inputs; the differentiable one first
+    fns: dict[str, Callable]        # provider -> function of the inputs
+    bytes_fwd: int
+    bytes_bwd: int
+
+    @property
+    def megabytes(self) -> float:
+        return math.prod(self.shape) * 4 / 2**20
+
+
+# ---------------------------------------------------------------- the ops, written three ways
+
+def _channel(v, x):
+    return v.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _lrd_notebook(x, scale, shift, p):
+    """The notebook's form: BN affine, ``max(alpha*x, x)``, then torch's dropout."""
+    z = x * _channel(scale, x) + _channel(shift, x) if scale is not None else x
+    return F.dropout(torch.maximum(0.2 * z, z), p, training=True)
+
+
+def _gan_logits_notebook(z, extra):
+    real = z[:, :-1] if extra else z
+    mx = real.max(1, keepdim=True).values
+    out = torch.log(torch.exp(real - mx).sum(1)) + mx.squeeze(1)
+    return out - z[:, -1] if extra else out
+
+
+def _mce_notebook(z, target, mask):
+    one_hot = F.one_hot(target.clamp_min(0), z.shape[1]).to(z.dtype)
+    ce = -(one_hot * torch.log_softmax(z, 1)).sum(1)
+    m = mask.float()
+    return (m * ce).sum() / m.sum().clamp_min(1.0)
+
+
+def _compiled(fn, backend):
+    return torch.compile(fn, backend=backend, dynamic=False)
+
+
+def lrd_case(label, shape, affine, p, dtype, device, compile_backend) -> Case:
+    def make():
+        x = torch.randn(shape, dtype=dtype, device=device, requires_grad=True)
+        if not affine:
+            return x, None, None
+        return (x, (torch.rand(shape[1], device=device) + 0.5).requires_grad_(),
+                torch.randn(shape[1], device=device).requires_grad_())
+
+    def ssgan(x, s, b):
+        return K.leaky_relu_dropout(x, p=p, scale=s, shift=b)
+
+    def twin(x, s, b):
+        return ref.leaky_relu_dropout(x, p=p, scale=s, shift=b)
+
+    numel, size = math.prod(shape), torch.finfo(dtype).bits // 8
+    return Case("leaky_relu_dropout", f"affine={affine},p={p}", label, shape, make,
+                {"ssgan": ssgan, "twin": twin,
+                 "notebook": lambda x, s, b: _lrd_notebook(x, s, b, p),
+                 "compile": _compiled(twin, compile_backend)},
+                bytes_fwd=2 * numel * size, bytes_bwd=3 * numel * size)
+
+
+def gan_logits_case(label, batch, cols, extra, dtype, device, compile_backend) -> Case:
+    def make():
+        return (torch.randn(batch, cols, dtype=dtype, device=device, requires_grad=True) * 3,)
+
+    def twin(z):
+        return ref.gan_logits(z, extra_class=extra)
+
+    size = torch.finfo(dtype).bits // 8
+    return Case("gan_logits", f"extra_class={extra}", label, (batch, cols),
+                lambda: (make()[0].detach().requires_grad_(),),
+                {"ssgan": lambda z: K.gan_logits(z, extra_class=extra), "twin": twin,
+                 "notebook": lambda z: _gan_logits_notebook(z, extra),
+                 "compile": _compiled(twin, compile_backend)},
+                bytes_fwd=batch * cols * size + batch * (size + 4),
+                bytes_bwd=2 * batch * cols * size + batch * (size + 4))
+
+
+def mce_case(label, batch, cols, dtype, device, compile_backend) -> Case:
+    def make():
+        z = torch.randn(batch, cols, dtype=dtype, device=device) * 3
+        target = torch.randint(0, cols, (batch,), device=device)
+        mask = torch.rand(batch, device=device) < 0.5
+        return z.requires_grad_(), torch.where(mask, target, -1), mask
+
+    size = torch.finfo(dtype).bits // 8
+    return Case("masked_cross_entropy", f"classes={cols}", label, (batch, cols), make,
+                {"ssgan": K.masked_cross_entropy, "twin": ref.masked_cross_entropy,
+                 "notebook": _mce_notebook,
+                 "compile": _compiled(ref.masked_cross_entropy, compile_backend)},
+                bytes_fwd=batch * (cols * size + 8 + 1 + 4),
+                bytes_bwd=batch * (2 * cols * size + 8 + 1 + 4))
+
+
+def cases(dtype, device, smoke, compile_backend) -> list[Case]:
+    """The discriminator's and generator's shapes at batch 128, then the sweeps."""
+    args = (dtype, device, compile_backend)
+    if smoke:
+        return [lrd_case("D.act3", (4, 3, 4, 4), True, 0.5, *args),
+                lrd_case("sweep", (2, 3, 5), False, 0.0, *args),
+                gan_logits_case("D.head", 8, 11, True, *args),
+                mce_case("D.supervised", 8, 10, *args)]
+    model = [  # (label, shape, affine, p): every fused block of D and G
+        ("D.input_dropout", (128, 3, 32, 32), False, 0.2), ("D.act1", (128, 64, 16, 16), False, 0.5),
+        ("D.act2", (128, 64, 8, 8), False, 0.0), ("D.act3", (128, 64, 4, 4), True, 0.5),
+        ("D.act4", (128, 128, 4, 4), True, 0.0), ("D.act5", (128, 128, 4, 4), True, 0.0),
+        ("D.act7", (128, 128, 2, 2), False, 0.0), ("G.act0", (128, 128, 4, 4), True, 0.0),
+        ("G.act1", (128, 64, 8, 8), True, 0.0), ("G.act2", (128, 32, 16, 16), True, 0.0)]
+    out = [lrd_case(label, shape, affine, p, *args) for label, shape, affine, p in model]
+    for affine in (False, True):
+        out += [lrd_case("sweep", (n, 64, 32, 32), affine, 0.5, *args)
+                for n in (32, 128, 512, 1024, 2048)]   # 8 MB .. 512 MB per fp32 tensor
+    out += [gan_logits_case("D.head", 128, 10, False, *args),
+            gan_logits_case("D.head", 128, 11, True, *args),
+            mce_case("D.supervised", 128, 10, *args), mce_case("D.supervised", 128, 11, *args)]
+    for batch in (2**14, 2**17, 2**20, 2**23):          # up to 369 MB of fp32 logits
+        out += [gan_logits_case("sweep", batch, 11, True, *args),
+                mce_case("sweep", batch, 11, *args)]
+    return out
+
+
+# ---------------------------------------------------------------- measuring
+
+def measure(case: Case, provider: str, mode: str, smoke: bool, copy_gbps: float,
+            device: torch.device) -> dict:
+    fn = case.fns[provider]
+    inputs = case.make()
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
+    def forward():
+        return fn(*inputs)
+
+    def grad_of(out):
+        return torch.randn_like(out) if out.dim() else torch.ones_like(out)
+
+    if mode == "fwd":
+        run = forward
+        moved = case.bytes_fwd
+    elif mode == "bwd":
+        out = forward()
+        dy = grad_of(out)
+        run = lambda: out.backward(dy, retain_graph=True)
+        moved = case.bytes_bwd
+    else:
+        dy = grad_of(forward())
+        run = lambda: forward().backward(dy)
+        moved = case.bytes_fwd + case.bytes_bwd
+    ms = common.bench_ms(run, smoke, grad_to_none=leaves)
+    gbps = float("nan") if smoke else moved / ms / 1e6
+    row = {"op": case.op, "variant": case.variant, "shape_from": case.label,
+           "shape": "x".join(map(str, case.shape)), "tensor_mb": case.megabytes,
+           "dtype": str(inputs[0].dtype).replace("torch.", ""), "mode": mode,
+           "provider": provider, "median_ms": ms, "gbps": gbps,
+           "pct_copy_bw": 100 * gbps / copy_gbps if copy_gbps == copy_gbps else float("nan")}
+    if mode == "fwd+bwd":
+        for t in leaves:
+            t.grad = None
+        row["peak_mem_mb"] = common.peak_memory_mb(run, device)
+    return row
+
+
+def plot(rows: list[dict], out_dir) -> list:
+    """Time and GB/s against tensor size, one line per provider, for each swept op/mode."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = []
+    sweeps = {(r["op"], r["variant"], r["mode"]) for r in rows if r["shape_from"] == "sweep"}
+    for op, variant, mode in sorted(sweeps):
+        fig, (ax_t, ax_bw) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+        for provider in PROVIDERS:
+            pts = sorted((r["tensor_mb"], r["median_ms"], r["gbps"]) for r in rows
+                         if (r["op"], r["variant"], r["mode"], r["provider"], r["shape_from"])
+                         == (op, variant, mode, provider, "sweep"))
+            if pts:
+                mb, ms, bw = zip(*pts)
+                ax_t.plot(mb, ms, marker="o", label=provider)
+                ax_bw.plot(mb, bw, marker="o", label=provider)
+        for ax, ylabel in ((ax_t, "median ms"), (ax_bw, "GB/s")):
+            ax.set_xscale("log")
+            ax.set_xlabel("input tensor MB")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        ax_t.set_yscale("log")
+        ax_bw.legend()
+        fig.suptitle(f"{op} ({variant}), {mode}, {rows[0]['gpu']}")
+        fig.tight_layout()
+        name = f"kernels_{op}_{variant}_{mode}".replace("=", "-").replace(",", "_")
+        path = out_dir / (name.replace("+", "_") + ".png")
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny shapes, runnable on CPU; timings are not results")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32")
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--ops", nargs="+", default=None,
+                        help="only these ops (leaky_relu_dropout, gan_logits, "
+                             "masked_cross_entropy)")
+    parser.add_argument("--out", default=None, help="output folder (default: "
+                                                    "bench/results/<gpu>)")
+    args = parser.parse_args(argv)
+    common.require_gpu_or_smoke(args.smoke, parser.prog)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    env = common.environment(args.smoke)
+    out_dir = common.results_dir(args.out, env)
+    copy_gbps = common.copy_bandwidth_gbps(args.smoke)
+    compile_backend = "aot_eager" if args.smoke else "inductor"
+    rows = []
+    with K.use_backend("auto" if args.smoke else "triton"):
+        for case in cases(DTYPES[args.dtype], device, args.smoke, compile_backend):
+            if args.ops and case.op not in args.ops:
+                continue
+            for mode in args.modes:
+                for provider in args.providers:
+                    row = measure(case, provider, mode, args.smoke, copy_gbps, device)
+                    rows.append({**row, "copy_gbps": copy_gbps, **env})
+                    print(f"{case.op:22s} {case.variant:22s} {row['shape']:>16s} {mode:8s} "
+                          f"{provider:9s} {row['median_ms']:9.4f} ms {row['gbps']:8.1f} GB/s")
+    common.write_csv(rows, out_dir / "kernels.csv")
+    for path in plot(rows, out_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
