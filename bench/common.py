@@ -42,6 +42,23 @@ def require_gpu_or_smoke(smoke: bool, prog: str) -> None:
         print(f"{prog}: {NOT_A_MEASUREMENT}")
 
 
+def setup(args) -> tuple[torch.device, dict, Path]:
+    """Shared start of both benchmarks: refuse CPU timings unless --smoke, then pick the
+    device, stamp the environment and create the output folder."""
+    require_gpu_or_smoke(args.smoke, args.prog)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    env = environment(args.smoke)
+    return device, env, results_dir(args.out, env)
+
+
+def add_common_args(parser) -> None:
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny shapes on CPU to check the harness; timings are not results")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: bench/results/<gpu>)")
+    parser.set_defaults(prog=parser.prog)
+
+
 def bench_ms(fn: Callable[[], object], smoke: bool, grad_to_none=None) -> float:
     """Median milliseconds: ``triton.testing.do_bench`` on a GPU (warm-up, L2 flushed between
     runs); on a CPU smoke run, a few perf_counter repetitions that only prove the code runs."""

@@ -233,21 +233,15 @@ def plot(rows: list[dict], out_dir) -> list:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny shapes, runnable on CPU; timings are not results")
+    common.add_common_args(parser)
     parser.add_argument("--dtype", choices=DTYPES, default="fp32")
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--ops", nargs="+", default=None,
                         help="only these ops (leaky_relu_dropout, gan_logits, "
                              "masked_cross_entropy)")
-    parser.add_argument("--out", default=None, help="output folder (default: "
-                                                    "bench/results/<gpu>)")
     args = parser.parse_args(argv)
-    common.require_gpu_or_smoke(args.smoke, parser.prog)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    env = common.environment(args.smoke)
-    out_dir = common.results_dir(args.out, env)
+    device, env, out_dir = common.setup(args)
     copy_gbps = common.copy_bandwidth_gbps(args.smoke)
     compile_backend = "aot_eager" if args.smoke else "inductor"
     rows = []

@@ -141,18 +141,12 @@ def plot(rows: list[dict], path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.train_step", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny model on CPU; timings are not results")
+    common.add_common_args(parser)
     parser.add_argument("--batches", nargs="+", type=int, default=None,
                         help="batch sizes (default: 128 512; smoke: 8)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--out", default=None, help="output folder (default: "
-                                                    "bench/results/<gpu>)")
     args = parser.parse_args(argv)
-    common.require_gpu_or_smoke(args.smoke, parser.prog)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    env = common.environment(args.smoke)
-    out_dir = common.results_dir(args.out, env)
+    device, env, out_dir = common.setup(args)
     peak = matmul_tflops(args.smoke)
     rows = []
     for batch in args.batches or ([8] if args.smoke else [128, 512]):

@@ -119,8 +119,6 @@ def _validate(cfg: TrainConfig, data: Dataset) -> None:
         raise ValueError(f"--epochs must be >= 1, got {cfg.epochs}")
     if not 0 <= cfg.drop_rate < 1:
         raise ValueError(f"--drop-rate must be in [0, 1), got {cfg.drop_rate}")
-    if data.image_size != cfg.image_size and cfg.dataset != "folder":
-        cfg.image_size = data.image_size
 
 
 class Trainer:
@@ -176,6 +174,7 @@ class Trainer:
         _, gan_fake, feat_fake = self.d(fake, update_stats=False)
         losses = discriminator_loss(class_real, gan_real, gan_fake, labels, labels >= 0)
         losses["g_loss"] = feature_matching_loss(feat_real, feat_fake)
+        losses.update(self._batch_hits(class_real, labels))
         d_params, g_params = list(self.d.parameters()), list(self.g.parameters())
         d_grads = torch.autograd.grad(losses["d_loss"], d_params, retain_graph=True)
         g_grads = torch.autograd.grad(losses["g_loss"], g_params)
@@ -196,7 +195,16 @@ class Trainer:
         loss.backward()
         self.opt_d.step()
         zero = torch.zeros((), device=self.device)
-        return {"d_loss": loss, "supervised": loss, "g_loss": zero}
+        return {"d_loss": loss, "supervised": loss, "g_loss": zero,
+                **self._batch_hits(class_real, labels)}
+
+    def _batch_hits(self, class_logits: torch.Tensor, labels: torch.Tensor
+                    ) -> dict[str, torch.Tensor]:
+        """Correct predictions and count on the batch's labeled rows, for the progress bar."""
+        labeled = labels >= 0
+        pred = class_logits.detach()[:, :self.data.num_classes].argmax(1)
+        return {"hits": ((pred == labels) & labeled).sum().float(),
+                "labeled": labeled.sum().float()}
 
     # ------------------------------------------------------------ epochs
     def fit(self) -> list[dict]:
@@ -223,12 +231,15 @@ class Trainer:
         steps = n // cfg.batch_size
         perm = torch.randperm(n, device=self.device, generator=self.batch_rng)
         sums = {"d_loss": 0.0, "g_loss": 0.0, "supervised": 0.0}
+        hits = labeled = 0.0
         bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not cfg.progress)
         start = time.perf_counter()
         for i in bar:
             losses = self.step(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-            values = torch.stack([losses[k].detach().float() for k in sums]).tolist()
+            # one host sync per step: the finiteness check and the progress bar share it
+            *values, step_hits, step_labeled = torch.stack(
+                [losses[k].detach().float() for k in (*sums, "hits", "labeled")]).tolist()
             if not all(math.isfinite(v) for v in values):
                 raise TrainingError(
                     f"non-finite loss at epoch {self.epoch + 1}, step {i + 1}: "
@@ -237,7 +248,9 @@ class Trainer:
                     "lower --lr or check the data, then --resume")
             for k, v in zip(sums, values):
                 sums[k] += v
-            bar.set_postfix(d=f"{values[0]:.3f}", g=f"{values[1]:.3f}", sup=f"{values[2]:.3f}")
+            hits, labeled = hits + step_hits, labeled + step_labeled
+            bar.set_postfix(d=f"{values[0]:.3f}", g=f"{values[1]:.3f}", sup=f"{values[2]:.3f}",
+                            acc=f"{hits / max(1.0, labeled):.3f}")
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         epoch_s = time.perf_counter() - start
