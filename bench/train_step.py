@@ -13,7 +13,6 @@ run. Output: ``train_step.csv`` and ``train_step.png`` under ``bench/results/<gp
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 import triton

@@ -5,15 +5,15 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 import torch
 
 import ssgan.kernels as K
 from ssgan import __version__, plots
-from ssgan.data import DataError, load_dataset
-from ssgan.train import TrainConfig, Trainer, TrainingError, accuracy, build_models, \
-    resolve_device
+from ssgan.data import DataError
+from ssgan.models import Generator
+from ssgan.train import TrainConfig, Trainer, TrainingError, evaluate_checkpoint, \
+    load_checkpoint_file, resolve_device
 
 HELP = {
     "dataset": "svhn (train_32x32.mat/test_32x32.mat), mnist (IDX .gz files) or folder "
@@ -72,13 +72,6 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                                 f"(default: {f.default})")
 
 
-def _load_checkpoint(path: str, device: torch.device) -> dict:
-    if not Path(path).exists():
-        raise ValueError(f"checkpoint {path} does not exist; give the path of a run's "
-                         "checkpoints/last.pt")
-    return torch.load(path, map_location=device, weights_only=True)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
@@ -91,29 +84,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
-    state = _load_checkpoint(args.checkpoint, device)
-    cfg = TrainConfig(**state["config"])
-    cfg.device = args.device
-    if args.data_dir:
-        cfg.data_dir = args.data_dir
-    if args.eval_bn:
-        cfg.eval_bn = args.eval_bn
-    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
-                        verify_md5=cfg.verify_md5, mnist_train_prefix=cfg.mnist_train_prefix,
-                        mnist_test_prefix=cfg.mnist_test_prefix, image_size=cfg.image_size,
-                        channels=cfg.channels).to(device)
-    if data.test is None:
-        raise DataError(f"{cfg.data_dir} has no test set to evaluate on (for --dataset folder, "
-                        "add a test/<class>/ folder)")
-    _, d = build_models(cfg, data, device)
-    d.load_state_dict(state["discriminator"])
-    eval_bs = cfg.batch_size if cfg.eval_bn == "batch" else cfg.eval_batch_size
     with K.use_backend(args.kernels):
-        acc = accuracy(d, data.test.images, data.test.labels, eval_bs, data.num_classes)
-    print(json.dumps({"checkpoint": args.checkpoint, "epoch": state["epoch"],
-                      "eval_bn": cfg.eval_bn, "test_examples": len(data.test),
-                      "test_accuracy": acc}))
+        result = evaluate_checkpoint(args.checkpoint, device=args.device, eval_bn=args.eval_bn,
+                                     data_dir=args.data_dir)
+    print(json.dumps(result))
     return 0
 
 
@@ -121,9 +95,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     device = resolve_device(args.device)
-    state = _load_checkpoint(args.checkpoint, device)
+    state = load_checkpoint_file(args.checkpoint, device)
     cfg = TrainConfig(**state["config"])
-    from ssgan.models import Generator
     g = Generator(cfg.z_dim, state["channels"], state["image_size"], cfg.g_size_mult,
                   cfg.alpha).to(device)
     g.load_state_dict(state["generator"])

@@ -337,6 +337,38 @@ class Trainer:
             writer.writerows(self.history)
 
 
+def load_checkpoint_file(path: str | Path, device: torch.device) -> dict:
+    if not Path(path).exists():
+        raise ValueError(f"checkpoint {path} does not exist; give the path of a run's "
+                         "checkpoints/last.pt")
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def evaluate_checkpoint(path: str | Path, *, device: str = "auto", eval_bn: str | None = None,
+                        data_dir: str | None = None) -> dict:
+    """Test accuracy of a checkpoint's discriminator on its run's dataset; ``eval_bn`` and
+    ``data_dir`` override the run's settings. Returns a JSON-ready dict."""
+    dev = resolve_device(device)
+    state = load_checkpoint_file(path, dev)
+    cfg = TrainConfig(**state["config"])
+    cfg.eval_bn = eval_bn or cfg.eval_bn
+    cfg.data_dir = data_dir or cfg.data_dir
+    data = load_dataset(cfg.dataset, cfg.data_dir, download=False, verify_md5=cfg.verify_md5,
+                        mnist_train_prefix=cfg.mnist_train_prefix,
+                        mnist_test_prefix=cfg.mnist_test_prefix, image_size=cfg.image_size,
+                        channels=cfg.channels)
+    if data.test is None:
+        raise ValueError(f"{cfg.data_dir} has no test set to evaluate on (for --dataset folder, "
+                         "add a test/<class>/ folder)")
+    data = data.to(dev)
+    _, d = build_models(cfg, data, dev)
+    d.load_state_dict(state["discriminator"])
+    batch = cfg.batch_size if cfg.eval_bn == "batch" else cfg.eval_batch_size
+    acc = accuracy(d, data.test.images, data.test.labels, batch, data.num_classes)
+    return {"checkpoint": str(path), "epoch": state["epoch"], "eval_bn": cfg.eval_bn,
+            "test_examples": len(data.test), "test_accuracy": acc}
+
+
 def train(cfg: TrainConfig, data: Dataset | None = None) -> list[dict]:
     """Builds a :class:`Trainer` and trains; returns the per-epoch metrics."""
     return Trainer(cfg, data).fit()
