@@ -5,6 +5,7 @@ import sys
 import pytest
 from PIL import Image
 
+from bench import accuracy_report
 from ssgan import cli
 from test_data import write_image_folder, write_svhn
 
@@ -52,6 +53,12 @@ def test_train_eval_sample_on_an_image_folder(tmp_path, capsys):
                      "cpu", "--kernels", "torch"]) == 0
     with Image.open(out_png) as img:
         assert img.size[0] > 32 and img.mode == "RGB"
+
+    # the accuracy report collects the run and evaluates it with both BatchNorm modes
+    assert accuracy_report.main([str(ckpt.parents[1]), "--out", str(tmp_path / "report")]) == 0
+    summary = (tmp_path / "report" / "summary.csv").read_text()
+    assert "test_accuracy_batch_bn" in summary and (tmp_path / "report" / "comparison.png").exists()
+    capsys.readouterr()
 
     # resuming a finished run to more epochs continues it
     assert cli.main([*args[:args.index("--epochs")], "--epochs", "3",
