@@ -221,7 +221,8 @@ class Trainer:
         with K.use_backend(cfg.kernels):
             while self.epoch < cfg.epochs:
                 self._train_epoch()
-        plots.accuracy_curves(self.history, self.run_dir / "accuracy.png")
+        plots.accuracy_curves(self.history, self.run_dir / "accuracy.png",
+                              title=f"{self.run_dir.name}: accuracy per epoch")
         return self.history
 
     def _train_epoch(self) -> None:
