@@ -315,10 +315,8 @@ class Trainer:
         os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
 
     def load_checkpoint(self, path: Path) -> None:
-        if not path.exists():
-            raise ValueError(f"--resume: no checkpoint at {path}; start without --resume, or "
-                             "give the --name/--out-dir of the run to continue")
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = load_checkpoint_file(path, self.device, hint="start without --resume, or give "
+                                     "the --name/--out-dir of the run to continue")
         self.g.load_state_dict(state["generator"])
         self.d.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
@@ -338,10 +336,12 @@ class Trainer:
             writer.writerows(self.history)
 
 
-def load_checkpoint_file(path: str | Path, device: torch.device) -> dict:
+def load_checkpoint_file(path: str | Path, device: torch.device,
+                         hint: str = "give the path of a run's checkpoints/last.pt") -> dict:
+    """A checkpoint's contents (``torch.load(weights_only=True)``), or a ValueError with
+    ``hint`` when there is none at ``path``."""
     if not Path(path).exists():
-        raise ValueError(f"checkpoint {path} does not exist; give the path of a run's "
-                         "checkpoints/last.pt")
+        raise ValueError(f"no checkpoint at {path}; {hint}")
     return torch.load(path, map_location=device, weights_only=True)
 
 

@@ -93,5 +93,5 @@ def test_train_errors_name_the_flag(tmp_path, capsys, extra, match):
 def test_eval_and_sample_missing_checkpoint(tmp_path, capsys):
     for command in ("eval", "sample"):
         assert cli.main([command, str(tmp_path / "nope.pt"), "--device", "cpu"]) == 2
-        assert "does not exist" in capsys.readouterr().err
+        assert "no checkpoint at" in capsys.readouterr().err
     assert cli.main(["sample", str(tmp_path / "x.pt"), "--n", "0"]) == 2
