@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+from ssgan.models import EVAL_BN_MODES
 from ssgan.train import evaluate_checkpoint
 
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             "supervised_only": cfg["supervised_only"],
             **{f"test_accuracy_{bn}_bn": evaluate_checkpoint(
                 run / "checkpoints" / "last.pt", device="cpu", eval_bn=bn)["test_accuracy"]
-               for bn in ("running", "batch")},
+               for bn in EVAL_BN_MODES},
             "best_epoch_test_accuracy": max(float(r["test_accuracy"]) for r in rows),
             "train_minutes": sum(float(r["epoch_s"]) for r in rows) / 60,
             "mean_step_ms": sum(float(r["step_ms"]) for r in rows) / len(rows)})

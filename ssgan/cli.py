@@ -11,7 +11,7 @@ import torch
 import ssgan.kernels as K
 from ssgan import __version__, plots
 from ssgan.data import DataError
-from ssgan.models import Generator
+from ssgan.models import EVAL_BN_MODES, Generator
 from ssgan.train import TrainConfig, Trainer, TrainingError, evaluate_checkpoint, \
     load_checkpoint_file, resolve_device
 
@@ -42,7 +42,8 @@ HELP = {
     "drop_rate": "discriminator dropout (input dropout is drop_rate/2.5)",
     "alpha": "leaky-ReLU slope",
     "extra_class": "give the discriminator an explicit 11th fake-class logit",
-    "eval_bn": "BatchNorm at evaluation: running (statistics of real data) or batch (notebook)",
+    "eval_bn": "BatchNorm at evaluation: running statistics of real data, recalibrated "
+               "(re-estimated on real data with dropout off), or batch (the notebook)",
     "eval_batch_size": "batch size of evaluation with --eval-bn running",
     "seed": "random seed (labels, batches, noise, dropout)",
     "device": "auto, cpu, cuda or cuda:N",
@@ -54,7 +55,7 @@ NEGATED_HELP = {"download": "never try to download missing SVHN files",
                 "verify_md5": "accept .mat files whose MD5 differs from the official one",
                 "progress": "hide progress bars"}
 CHOICES = {"dataset": ["svhn", "mnist", "folder"], "label_selection": ["first", "balanced"],
-           "eval_bn": ["running", "batch"], "kernels": list(K._backend.BACKENDS)}
+           "eval_bn": list(EVAL_BN_MODES), "kernels": list(K._backend.BACKENDS)}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -85,8 +86,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     with K.use_backend(args.kernels):
-        result = evaluate_checkpoint(args.checkpoint, device=args.device, eval_bn=args.eval_bn,
-                                     data_dir=args.data_dir)
+        result = evaluate_checkpoint(args.checkpoint, device=args.device,
+                                     eval_bn=args.eval_bn, data_dir=args.data_dir)
     print(json.dumps(result))
     return 0
 
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="test accuracy of a checkpoint")
     ev.add_argument("checkpoint", help="a run's checkpoints/last.pt")
     ev.add_argument("--data-dir", help="dataset folder, if it moved since training")
-    ev.add_argument("--eval-bn", choices=["running", "batch"], help="override the run's choice")
+    ev.add_argument("--eval-bn", choices=EVAL_BN_MODES, help="override the run's choice")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ev.add_argument("--kernels", default="auto", choices=CHOICES["kernels"])
     ev.set_defaults(func=_cmd_eval)

@@ -6,12 +6,15 @@ BatchNorm folded into per-channel ``scale``/``shift``: PyTorch computes the batc
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
 import ssgan.kernels as K
 
 BN_EPS = 1e-3  # TensorFlow's default, which the notebook used
+EVAL_BN_MODES = ("running", "recalibrated", "batch")
 
 
 class FoldedBatchNorm(nn.BatchNorm2d):
@@ -34,9 +37,12 @@ class FoldedBatchNorm(nn.BatchNorm2d):
             if self.training and update_stats:
                 with torch.no_grad():
                     n = x.numel() // x.shape[1]
-                    self.running_mean.lerp_(mean, self.momentum)
-                    self.running_var.lerp_(var * n / max(1, n - 1), self.momentum)
                     self.num_batches_tracked += 1
+                    # momentum None means a cumulative average, as in nn.BatchNorm2d
+                    weight = (1.0 / self.num_batches_tracked.item() if self.momentum is None
+                              else self.momentum)
+                    self.running_mean.lerp_(mean, weight)
+                    self.running_var.lerp_(var * n / max(1, n - 1), weight)
         else:
             mean, var = self.running_mean, self.running_var
         scale = self.weight * torch.rsqrt(var + self.eps)
@@ -91,12 +97,37 @@ class Discriminator(nn.Module):
         self.classifier = nn.Linear(2 * m, num_classes + int(extra_class))
 
     def set_eval_bn(self, mode: str) -> None:
-        """``running`` (statistics of real training data) or ``batch`` (the notebook)."""
-        if mode not in ("running", "batch"):
-            raise ValueError(f"--eval-bn must be running or batch, got {mode!r}")
+        """``running`` or ``recalibrated`` (running statistics of real training data; the
+        latter re-estimated by :meth:`recalibrate_bn` before evaluating) or ``batch`` (batch
+        statistics, as the notebook did)."""
+        if mode not in EVAL_BN_MODES:
+            raise ValueError(f"--eval-bn must be one of {', '.join(EVAL_BN_MODES)}, "
+                             f"got {mode!r}")
         for module in self.modules():
             if isinstance(module, FoldedBatchNorm):
                 module.use_batch_stats = mode == "batch"
+
+    @torch.no_grad()
+    def recalibrate_bn(self, batches: Iterable[torch.Tensor]) -> None:
+        """Re-estimates the BatchNorm running statistics as a plain average over ``batches`` of
+        real images (float (B, C, H, W) in [-1, 1]) with dropout off. During training they are
+        measured with dropout on, which inflates the variances that evaluation then divides by."""
+        norms = [m for m in self.modules() if isinstance(m, FoldedBatchNorm)]
+        blocks = [m for m in self.modules() if isinstance(m, LeakyBlock)]
+        saved = [m.momentum for m in norms], [b.p for b in blocks], self.training
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        for b in blocks:
+            b.p = 0.0
+        self.train()
+        for batch in batches:
+            self(batch)
+        for m, momentum in zip(norms, saved[0]):
+            m.momentum = momentum
+        for b, p in zip(blocks, saved[1]):
+            b.p = p
+        self.train(saved[2])
 
     def forward(self, x: torch.Tensor, update_stats: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -94,6 +94,22 @@ def build_models(cfg: TrainConfig, data: Dataset, device: torch.device
     return g.to(device), d.to(device)
 
 
+def eval_batch_size(cfg: TrainConfig) -> int:
+    """Batch statistics depend on the batch, so ``--eval-bn batch`` evaluates at the training
+    batch size; the other modes use the larger ``--eval-batch-size``."""
+    return cfg.batch_size if cfg.eval_bn == "batch" else cfg.eval_batch_size
+
+
+def prepare_eval_bn(d: Discriminator, cfg: TrainConfig,
+                    train_images: torch.Tensor) -> None:
+    """For ``--eval-bn recalibrated``, re-estimates D's BatchNorm statistics on all real
+    training images (uint8 (N, C, H, W)) with dropout off; a no-op for the other modes."""
+    if cfg.eval_bn == "recalibrated":
+        bs = cfg.eval_batch_size
+        d.recalibrate_bn(to_unit_range(train_images[i:i + bs])
+                         for i in range(0, train_images.shape[0], bs))
+
+
 @torch.no_grad()
 def accuracy(d: Discriminator, images: torch.Tensor, labels: torch.Tensor,
              batch_size: int, num_classes: int) -> float:
@@ -264,7 +280,8 @@ class Trainer:
 
     def _evaluate(self, sums: dict, steps: int, epoch_s: float) -> dict:
         cfg, data = self.cfg, self.data
-        eval_bs = cfg.batch_size if cfg.eval_bn == "batch" else cfg.eval_batch_size
+        eval_bs = eval_batch_size(cfg)
+        prepare_eval_bn(self.d, cfg, data.train.images)
         train_acc = accuracy(self.d, data.train.images[self.labeled_idx],
                              data.train.labels[self.labeled_idx], eval_bs, data.num_classes)
         test_acc = (accuracy(self.d, data.test.images, data.test.labels, eval_bs,
@@ -345,8 +362,8 @@ def load_checkpoint_file(path: str | Path, device: torch.device,
     return torch.load(path, map_location=device, weights_only=True)
 
 
-def evaluate_checkpoint(path: str | Path, *, device: str = "auto", eval_bn: str | None = None,
-                        data_dir: str | None = None) -> dict:
+def evaluate_checkpoint(path: str | Path, *, device: str = "auto",
+                        eval_bn: str | None = None, data_dir: str | None = None) -> dict:
     """Test accuracy of a checkpoint's discriminator on its run's dataset; ``eval_bn`` and
     ``data_dir`` override the run's settings. Returns a JSON-ready dict."""
     dev = resolve_device(device)
@@ -364,8 +381,8 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto", eval_bn: str 
     data = data.to(dev)
     _, d = build_models(cfg, data, dev)
     d.load_state_dict(state["discriminator"])
-    batch = cfg.batch_size if cfg.eval_bn == "batch" else cfg.eval_batch_size
-    acc = accuracy(d, data.test.images, data.test.labels, batch, data.num_classes)
+    prepare_eval_bn(d, cfg, data.train.images)
+    acc = accuracy(d, data.test.images, data.test.labels, eval_batch_size(cfg), data.num_classes)
     return {"checkpoint": str(path), "epoch": state["epoch"], "eval_bn": cfg.eval_bn,
             "test_examples": len(data.test), "test_accuracy": acc}
 

@@ -77,8 +77,30 @@ def test_eval_bn_modes():
     d.set_eval_bn("batch")
     batch = d(x)[0]
     assert not torch.allclose(running, batch)
+    d.set_eval_bn("recalibrated")
+    torch.testing.assert_close(d(x)[0], running)
     with pytest.raises(ValueError, match="--eval-bn"):
         d.set_eval_bn("both")
+
+
+def test_recalibrate_bn_averages_real_batch_statistics_without_dropout():
+    torch.manual_seed(0)
+    d = Discriminator(1, 10, size_mult=4)
+    d.train()
+    batches = [torch.randn(8, 1, 32, 32) * 2 + 1 for _ in range(3)]
+    d.recalibrate_bn(batches)
+    # truth: conv3's input statistics per batch with dropout off, averaged
+    means, variances = [], []
+    for b in batches:
+        h = F.leaky_relu(d.conv1(b), 0.2)
+        h = F.leaky_relu(d.conv2(h), 0.2)
+        h = d.conv3(h)
+        means.append(h.mean((0, 2, 3)))
+        variances.append(h.var((0, 2, 3), unbiased=True))
+    torch.testing.assert_close(d.act3.bn.running_mean, torch.stack(means).mean(0))
+    torch.testing.assert_close(d.act3.bn.running_var, torch.stack(variances).mean(0))
+    assert d.training and d.act1.p == 0.5 and d.input_dropout.p == 0.2
+    assert d.act3.bn.momentum == 0.1
 
 
 def test_models_on_kernel_path_match_twins(device, monkeypatch):

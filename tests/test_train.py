@@ -101,6 +101,7 @@ def test_existing_run_needs_resume_and_resume_needs_checkpoint(tmp_path):
     dict(labeled_batch_size=8, extra_class=True),
     dict(supervised_only=True),
     dict(eval_bn="batch", label_selection="first", labels=10),
+    dict(eval_bn="recalibrated"),
 ])
 def test_variants_run(tmp_path, overrides):
     history = T.train(tiny_config(tmp_path, epochs=1, **overrides), tiny_dataset())
