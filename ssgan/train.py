@@ -235,11 +235,22 @@ class Trainer:
                              "or choose another --name")
         (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         with K.use_backend(cfg.kernels):
+            self._announce()
             while self.epoch < cfg.epochs:
                 self._train_epoch()
         plots.accuracy_curves(self.history, self.run_dir / "accuracy.png",
                               title=f"{self.run_dir.name}: accuracy per epoch")
         return self.history
+
+    def _announce(self) -> None:
+        """One line saying what is about to run, so a user can catch a wrong setup early."""
+        data, cfg = self.data, self.cfg
+        test = len(data.test) if data.test is not None else 0
+        tqdm.write(f"ssgan: {cfg.dataset} {len(data.train)} train images "
+                   f"({self.labeled_idx.numel()} labeled, {data.num_classes} classes), {test} test"
+                   f" | device {self.device}, kernels {K.backend_for(data.train.images)}"
+                   f" | {len(data.train) // cfg.batch_size} steps/epoch, epochs "
+                   f"{self.epoch + 1}..{cfg.epochs} | {self.run_dir}")
 
     def _train_epoch(self) -> None:
         cfg, n = self.cfg, len(self.data.train)
