@@ -100,6 +100,9 @@ def check_target_range(target: torch.Tensor, weight: torch.Tensor, num_classes: 
         torch._assert_async(~bad.any(), f"a target on a labeled row is outside [0, {num_classes})")
         return
     if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        raise ValueError(f"target[{row}] = {int(target[row])} is outside [0, {num_classes}) on a "
-                         "labeled row (mask != 0); mask such rows out or fix the labels")
+        raise_bad_target(target, int(bad.nonzero()[0, 0]), num_classes)
+
+
+def raise_bad_target(target: torch.Tensor, row: int, num_classes: int) -> None:
+    raise ValueError(f"target[{row}] = {int(target[row])} is outside [0, {num_classes}) on a "
+                     "labeled row (mask != 0); mask such rows out or fix the labels")

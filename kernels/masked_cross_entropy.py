@@ -1,9 +1,11 @@
 """Masked cross-entropy: ``sum_i w_i * CE(logits_i, target_i) / max(1, sum_i w_i)``.
 
-Forward is one reduction kernel: each program computes the weighted loss of a block of rows
-(online log-sum-exp over the classes) and writes one partial sum; the partials are then summed
-in a fixed order, so the result is deterministic (no float atomics). It also keeps each row's
-log-sum-exp, which makes backward one elementwise pass:
+Forward is two launches: each program of the reduction kernel computes the weighted loss of a
+block of rows (online log-sum-exp over the classes) and writes its partial loss, partial weight
+and first out-of-range labeled row; one finishing program then sums the partials in a fixed
+order (deterministic, no float atomics) and divides. The range check thus costs one scalar read
+on the host instead of extra kernels. Each row's log-sum-exp is kept, which makes backward one
+elementwise pass:
 ``d/dz_ij = g * w_i / max(1, sum w) * (softmax_ij - [j == target_i])``.
 """
 from __future__ import annotations
@@ -18,20 +20,44 @@ from .gan_logits import _blocks, _row_logsumexp
 
 
 @triton.jit
-def _forward_kernel(x_ptr, target_ptr, weight_ptr, lse_ptr, partial_ptr, B, C, stride_b,
-                    stride_c, IS_FP64: tl.constexpr, BLOCK_B: tl.constexpr,
-                    BLOCK_C: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+def _forward_kernel(x_ptr, target_ptr, weight_ptr, lse_ptr, partial_loss_ptr,
+                    partial_weight_ptr, partial_bad_ptr, B, C, stride_b, stride_c,
+                    IS_FP64: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     lse = _row_logsumexp(x_ptr, rows, row_ok, C, stride_b, stride_c, IS_FP64, BLOCK_B, BLOCK_C)
     weight = tl.load(weight_ptr + rows, mask=row_ok, other=0.0)
     labeled = row_ok & (weight != 0)
     target = tl.load(target_ptr + rows, mask=labeled, other=0)
-    # masked rows may hold any target (e.g. -1): never dereference it
-    target_logit = tl.load(x_ptr + rows * stride_b + target * stride_c, mask=labeled, other=0.0)
-    loss = tl.where(labeled, weight * (lse - target_logit.to(lse.dtype)), 0.0)
+    in_range = (target >= 0) & (target < C)
+    # masked rows may hold any target (e.g. -1), and bad labeled ones are reported, not read
+    readable = labeled & in_range
+    target_logit = tl.load(x_ptr + rows * stride_b + target * stride_c, mask=readable, other=0.0)
+    loss = tl.where(readable, weight * (lse - target_logit.to(lse.dtype)), 0.0)
     tl.store(lse_ptr + rows, lse, mask=row_ok)
-    tl.store(partial_ptr + tl.program_id(0), tl.sum(loss, axis=0))
+    tl.store(partial_loss_ptr + pid, tl.sum(loss, axis=0))
+    tl.store(partial_weight_ptr + pid, tl.sum(weight, axis=0))
+    tl.store(partial_bad_ptr + pid, tl.min(tl.where(labeled & ~in_range, rows, B), axis=0))
+
+
+@triton.jit
+def _finish_kernel(partial_loss_ptr, partial_weight_ptr, partial_bad_ptr, loss_ptr, denom_ptr,
+                   first_bad_ptr, num_partials, B, BLOCK: tl.constexpr):
+    """Sums the partials in a fixed order: loss = sum(loss) / max(1, sum(weight))."""
+    loss = tl.zeros([BLOCK], partial_loss_ptr.dtype.element_ty)
+    weight = tl.zeros([BLOCK], partial_weight_ptr.dtype.element_ty)
+    first_bad = tl.full([BLOCK], B, tl.int32)
+    for start in range(0, num_partials, BLOCK):
+        idx = start + tl.arange(0, BLOCK)
+        ok = idx < num_partials
+        loss += tl.load(partial_loss_ptr + idx, mask=ok, other=0.0)
+        weight += tl.load(partial_weight_ptr + idx, mask=ok, other=0.0)
+        first_bad = tl.minimum(first_bad, tl.load(partial_bad_ptr + idx, mask=ok, other=B))
+    denom = tl.maximum(tl.sum(weight, axis=0), 1.0)
+    tl.store(loss_ptr, tl.sum(loss, axis=0) / denom)
+    tl.store(denom_ptr, denom)
+    tl.store(first_bad_ptr, tl.min(first_bad, axis=0))
 
 
 @triton.jit
@@ -62,17 +88,24 @@ def _backward_kernel(dloss_ptr, denom_ptr, x_ptr, target_ptr, weight_ptr, lse_pt
 def _forward_op(logits: torch.Tensor, target: torch.Tensor,
                 weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     batch, num_classes = logits.shape
-    _checks.check_target_range(target, weight, num_classes)
     block_b, block_c = _blocks(num_classes)
-    num_programs = triton.cdiv(batch, block_b)
-    partial = torch.zeros(num_programs, dtype=weight.dtype, device=logits.device)
-    lse = torch.empty(batch, dtype=weight.dtype, device=logits.device)
-    if batch:
-        _forward_kernel[(num_programs,)](
-            logits, target, weight, lse, partial, batch, num_classes, *logits.stride(),
-            IS_FP64=logits.dtype == torch.float64, BLOCK_B=block_b, BLOCK_C=block_c)
-    denom = weight.sum().clamp_min(1.0)
-    return partial.sum() / denom, lse, denom
+    num_programs = max(1, triton.cdiv(batch, block_b))
+    new = lambda *shape, dtype=weight.dtype: torch.empty(shape, dtype=dtype, device=logits.device)
+    partial_loss, partial_weight = new(num_programs), new(num_programs)
+    partial_bad = new(num_programs, dtype=torch.int32)
+    lse, loss, denom, first_bad = new(batch), new(), new(), new(1, dtype=torch.int32)
+    _forward_kernel[(num_programs,)](
+        logits, target, weight, lse, partial_loss, partial_weight, partial_bad, batch,
+        num_classes, *logits.stride(), IS_FP64=logits.dtype == torch.float64, BLOCK_B=block_b,
+        BLOCK_C=block_c)
+    _finish_kernel[(1,)](partial_loss, partial_weight, partial_bad, loss, denom, first_bad,
+                         num_programs, batch, BLOCK=min(1024, triton.next_power_of_2(num_programs)))
+    # one scalar read (no sync is allowed while a CUDA graph is captured)
+    if not (logits.is_cuda and torch.cuda.is_current_stream_capturing()):
+        row = int(first_bad.item())
+        if row < batch:
+            _checks.raise_bad_target(target, row, num_classes)
+    return loss, lse, denom
 
 
 @_forward_op.register_fake
