@@ -60,7 +60,7 @@ class TrainConfig:
     drop_rate: float = 0.5
     alpha: float = 0.2
     extra_class: bool = False
-    eval_bn: str = "running"
+    eval_bn: str = "recalibrated"
     eval_batch_size: int = 1000
     seed: int = 0
     device: str = "auto"
