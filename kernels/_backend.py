@@ -1,4 +1,5 @@
-"""Which implementation runs an op: compiled Triton, the Triton interpreter, or the PyTorch twin.
+"""Which implementation runs an op: compiled Triton, the Triton interpreter, the twins' math
+compiled by Inductor, or the eager PyTorch twins.
 
 ``TRITON_INTERPRET`` is read once, at import, because Triton decides at decoration time whether
 a kernel is compiled or interpreted. ``SSGAN_KERNELS`` (or :func:`set_backend`) is read at every
@@ -12,14 +13,16 @@ from collections.abc import Iterator
 
 import torch
 
+from . import _inductor
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "inductor", "torch")
 _override: str | None = None
 
 
 def set_backend(name: str | None) -> None:
-    """Force ``"auto"``, ``"triton"`` or ``"torch"`` for every later call; ``None`` defers to
-    the ``SSGAN_KERNELS`` environment variable again."""
+    """Force ``"auto"``, ``"triton"``, ``"inductor"`` or ``"torch"`` for every later call;
+    ``None`` defers to the ``SSGAN_KERNELS`` environment variable again."""
     if name is not None and name not in BACKENDS:
         raise ValueError(f"kernel backend must be one of {BACKENDS}, got {name!r}")
     global _override
@@ -47,23 +50,27 @@ def requested_backend() -> str:
 
 
 def backend_for(tensor: torch.Tensor) -> str:
-    """The path an op on ``tensor`` takes: ``"triton"``, ``"interpret"`` or ``"torch"``.
+    """The path an op on ``tensor`` takes: ``"triton"``, ``"interpret"``, ``"inductor"`` or
+    ``"torch"``.
 
     auto: CUDA tensors use compiled Triton; CPU tensors use the interpreter when
-    ``TRITON_INTERPRET=1`` was set before import, else the PyTorch twins.
+    ``TRITON_INTERPRET=1`` was set before import, else the Inductor-compiled twins (the eager
+    twins where compilation failed).
     triton: like auto, but a tensor no Triton path can serve raises instead of falling back.
+    inductor: the Inductor-compiled twins on any device.
+    torch: the eager twins, the reference.
     """
     name = requested_backend()
     if name == "torch":
         return "torch"
+    if name == "inductor" or (name == "auto" and not INTERPRET and not tensor.is_cuda):
+        return "inductor" if _inductor.available() else "torch"
     if INTERPRET:
         return "interpret"
     if tensor.is_cuda:
         return "triton"
-    if name == "triton":
-        raise ValueError(
-            f"SSGAN_KERNELS=triton, but no Triton path serves a tensor on {tensor.device}: "
-            "use a CUDA device, set TRITON_INTERPRET=1 before importing ssgan for CPU tensors, "
-            "or choose the torch backend (SSGAN_KERNELS=torch / --kernels torch)"
-        )
-    return "torch"
+    raise ValueError(
+        f"SSGAN_KERNELS=triton, but no Triton path serves a tensor on {tensor.device}: "
+        "use a CUDA device, set TRITON_INTERPRET=1 before importing ssgan for CPU tensors, "
+        "or choose the inductor or torch backend (SSGAN_KERNELS=inductor / --kernels inductor)"
+    )

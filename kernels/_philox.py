@@ -1,10 +1,11 @@
 """Triton's Philox-4x32-10 re-implemented in plain PyTorch, bit for bit.
 
-The reference twin and the CPU fallback must draw exactly the dropout numbers the Triton
-kernels draw for a seed. Element i uses word ``i % 4`` of ``tl.randint4x(seed, i // 4)``, mapped
-to [0, 1) by ``tl.uint_to_uniform_float``: one Philox evaluation serves four elements, which
-makes this twin four times cheaper than one evaluation per element. uint32 values live in int64
-tensors; products are split into 16-bit halves so that nothing overflows.
+The reference twin and the CPU path must draw exactly the dropout numbers the Triton kernels
+draw for a seed. Element i uses word ``i % 4`` of ``tl.randint4x(seed, i // 4)``, mapped to
+[0, 1) by ``tl.uint_to_uniform_float``: one Philox evaluation serves four elements. uint32
+values live in int64 tensors; products are split into 16-bit halves so that nothing overflows.
+The seed stays a device tensor throughout, so no value is read back to the host and
+``torch.compile`` traces the whole draw into one fused loop.
 """
 import torch
 
@@ -23,14 +24,16 @@ def _mul_hi_lo(const: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return hi, lo
 
 
-def philox4x(seed: int, counters: torch.Tensor) -> torch.Tensor:
+def philox4x(seed: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
     """The four uint32 words (as int64, shape (*counters.shape, 4)) of
-    ``tl.randint4x(seed, counters)`` for int32 counters; seed in [0, 2**63)."""
+    ``tl.randint4x(seed, counters)``; seed: one-element int64 tensor in [0, 2**63), counters:
+    integer tensor of values below 2**32."""
     c0 = counters.to(torch.int64) & _MASK32
     c1 = torch.zeros_like(c0)
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
-    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    key = seed.reshape(()).to(device=counters.device, dtype=torch.int64)
+    k0, k1 = key & _MASK32, (key >> 32) & _MASK32
     for _ in range(10):
         hi_b, lo_b = _mul_hi_lo(_ROUND_B, c2)
         hi_a, lo_a = _mul_hi_lo(_ROUND_A, c0)
@@ -43,11 +46,11 @@ def uint_to_uniform(words: torch.Tensor) -> torch.Tensor:
     """``tl.uint_to_uniform_float`` for uint32 words held in int64: float32 in [0, 1)."""
     signed = torch.where(words >= 2**31, words - 2**32, words)
     signed = torch.where(signed < 0, -signed - 1, signed)
-    return signed.to(torch.float32) * torch.tensor(_INT_TO_UNIT, dtype=torch.float32,
-                                                   device=words.device)
+    return signed.to(torch.float32) * _INT_TO_UNIT
 
 
-def dropout_uniform(seed: int, numel: int, device: torch.device) -> torch.Tensor:
-    """Uniform [0, 1) float32 numbers for logical indices 0..numel-1, as the kernels draw them."""
+def dropout_uniform(seed: torch.Tensor, numel: int, device: torch.device) -> torch.Tensor:
+    """Uniform [0, 1) float32 numbers for logical indices 0..numel-1, as the kernels draw them;
+    seed: one-element int64 tensor."""
     counters = torch.arange((numel + 3) // 4, device=device)
     return uint_to_uniform(philox4x(seed, counters).reshape(-1)[:numel])

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _checks, reference
+from . import _checks, _inductor, reference
 from ._backend import backend_for
 
 BLOCK_ELEMENTS = 2048
@@ -84,9 +84,11 @@ def _blocks(num_cols: int) -> tuple[int, int]:
 
 
 @torch.library.custom_op("ssgan::gan_logits_fwd", mutates_args=())
-def _forward_op(class_logits: torch.Tensor, extra_class: bool) -> tuple[torch.Tensor,
-                                                                        torch.Tensor]:
+def _forward_op(class_logits: torch.Tensor, extra_class: bool,
+                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     batch, num_cols = class_logits.shape
+    if backend == "inductor" and batch:
+        return _inductor.call(reference.gan_logits_forward, class_logits, extra_class)
     real_cols = num_cols - 1 if extra_class else num_cols
     out = class_logits.new_empty(batch)
     lse = torch.empty(batch, dtype=reference.compute_dtype(class_logits.dtype),
@@ -101,7 +103,7 @@ def _forward_op(class_logits: torch.Tensor, extra_class: bool) -> tuple[torch.Te
 
 
 @_forward_op.register_fake
-def _(class_logits, extra_class):
+def _(class_logits, extra_class, backend):
     batch = class_logits.shape[0]
     return (class_logits.new_empty(batch),
             class_logits.new_empty(batch, dtype=reference.compute_dtype(class_logits.dtype)))
@@ -109,8 +111,11 @@ def _(class_logits, extra_class):
 
 @torch.library.custom_op("ssgan::gan_logits_bwd", mutates_args=())
 def _backward_op(dout: torch.Tensor, class_logits: torch.Tensor, lse: torch.Tensor,
-                 extra_class: bool) -> torch.Tensor:
+                 extra_class: bool, backend: str) -> torch.Tensor:
     batch, num_cols = class_logits.shape
+    if backend == "inductor" and batch:
+        return _inductor.call(reference.gan_logits_backward, dout, class_logits, lse,
+                              extra_class)
     dx = torch.empty(batch, num_cols, dtype=class_logits.dtype, device=class_logits.device)
     if batch:
         block_b, block_k = _blocks(num_cols)
@@ -123,7 +128,7 @@ def _backward_op(dout: torch.Tensor, class_logits: torch.Tensor, lse: torch.Tens
 
 
 @_backward_op.register_fake
-def _(dout, class_logits, lse, extra_class):
+def _(dout, class_logits, lse, extra_class, backend):
     return class_logits.new_empty(class_logits.shape).contiguous()
 
 
@@ -131,16 +136,16 @@ class GanLogitsFunction(torch.autograd.Function):
     """Autograd for the head. Saves the logits and one fp32 log-sum-exp per row."""
 
     @staticmethod
-    def forward(ctx, class_logits, extra_class):
-        out, lse = _forward_op(class_logits, extra_class)
+    def forward(ctx, class_logits, extra_class, backend):
+        out, lse = _forward_op(class_logits, extra_class, backend)
         ctx.save_for_backward(class_logits, lse)
-        ctx.extra_class = extra_class
+        ctx.extra_class, ctx.backend = extra_class, backend
         return out
 
     @staticmethod
     def backward(ctx, dout):
         class_logits, lse = ctx.saved_tensors
-        return _backward_op(dout, class_logits, lse, ctx.extra_class), None
+        return _backward_op(dout, class_logits, lse, ctx.extra_class, ctx.backend), None, None
 
 
 def gan_logits(class_logits: torch.Tensor, *, extra_class: bool = False) -> torch.Tensor:
@@ -152,6 +157,7 @@ def gan_logits(class_logits: torch.Tensor, *, extra_class: bool = False) -> torc
     the max subtracted, in fp32 (fp64 for fp64). Any strides.
     """
     _checks.check_logits("class_logits", class_logits, min_cols=2 if extra_class else 1)
-    if backend_for(class_logits) == "torch":
+    backend = backend_for(class_logits)
+    if backend == "torch":
         return reference.gan_logits(class_logits, extra_class=extra_class)
-    return GanLogitsFunction.apply(class_logits, bool(extra_class))
+    return GanLogitsFunction.apply(class_logits, bool(extra_class), backend)

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _checks, reference
+from . import _checks, _inductor, reference
 from ._backend import backend_for
 
 BLOCK_ELEMENTS = 2048  # elements per program: big enough to hide latency, small for registers
@@ -175,6 +175,14 @@ def _native_layout(t: torch.Tensor, channels_last: bool | None = None) -> torch.
     return t.contiguous()
 
 
+def _as_ncs(t: torch.Tensor) -> torch.Tensor:
+    """A view of a channels-first or channels-last tensor as (N, C, S): the compiled CPU path
+    then sees one rank whatever the input's, so it compiles once per layout, not per rank."""
+    n = t.shape[0]
+    c = t.shape[1] if t.dim() > 1 else 1
+    return t.view(n, c, -1) if n * c else t.reshape(n, c, 0)
+
+
 def _fp_flags(x: torch.Tensor, negative_slope: float, p: float) -> dict:
     return dict(negative_slope=negative_slope, p=p, keep_scale=1.0 / (1.0 - p),
                 HAS_DROPOUT=p > 0, IS_FP64=x.dtype == torch.float64)
@@ -182,10 +190,15 @@ def _fp_flags(x: torch.Tensor, negative_slope: float, p: float) -> dict:
 
 @torch.library.custom_op("ssgan::leaky_relu_dropout_fwd", mutates_args=())
 def _forward_op(x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
-                seed: torch.Tensor, negative_slope: float, p: float) -> torch.Tensor:
+                seed: torch.Tensor, negative_slope: float, p: float,
+                backend: str) -> torch.Tensor:
     x = _native_layout(x)
-    y = torch.empty_like(x)
     if x.numel() == 0:
+        return torch.empty_like(x)
+    y = torch.empty_like(x)
+    if backend == "inductor":
+        _inductor.call(reference.leaky_relu_dropout_forward, _as_ncs(x), scale, shift, seed,
+                       negative_slope, p, _as_ncs(y))
         return y
     plan = _Launch.plan(x)
     _forward_kernel[plan.grid](
@@ -197,18 +210,24 @@ def _forward_op(x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[
 
 
 @_forward_op.register_fake
-def _(x, scale, shift, seed, negative_slope, p):
+def _(x, scale, shift, seed, negative_slope, p, backend):
     return torch.empty_like(x)
 
 
 @torch.library.custom_op("ssgan::leaky_relu_dropout_bwd", mutates_args=())
 def _backward_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor],
                  shift: Optional[torch.Tensor], seed: torch.Tensor, negative_slope: float,
-                 p: float, affine_grads: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 p: float, affine_grads: bool, backend: str
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x = _native_layout(x)
     plan = _Launch.plan(x) if x.numel() else None
     dy = _native_layout(dy, plan.channels_last if plan else False)
     dx = torch.empty_like(x)
+    if backend == "inductor" and plan is not None:
+        _, dscale, dshift = _inductor.call(reference.leaky_relu_dropout_backward, _as_ncs(dy),
+                                           _as_ncs(x), scale, shift, seed, negative_slope, p,
+                                           affine_grads, _as_ncs(dx))
+        return dx, dscale, dshift
     acc_dtype = reference.compute_dtype(x.dtype)
     num_rows = plan.grid[0] if (plan and affine_grads) else 0
     dscale_partial = torch.zeros(num_rows, x.shape[1] if x.dim() > 1 else 1, dtype=acc_dtype,
@@ -230,7 +249,7 @@ def _backward_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor
 
 
 @_backward_op.register_fake
-def _(dy, x, scale, shift, seed, negative_slope, p, affine_grads):
+def _(dy, x, scale, shift, seed, negative_slope, p, affine_grads, backend):
     dscale = scale.new_empty(scale.shape) if (affine_grads and scale is not None) \
         else x.new_empty(0)
     dshift = shift.new_empty(shift.shape) if (affine_grads and shift is not None) \
@@ -242,20 +261,20 @@ class LeakyReLUDropoutFunction(torch.autograd.Function):
     """Autograd for the fused op. Saves ``x``, ``scale``, ``shift`` and the seed tensor only."""
 
     @staticmethod
-    def forward(ctx, x, scale, shift, seed, negative_slope, p):
+    def forward(ctx, x, scale, shift, seed, negative_slope, p, backend):
         ctx.save_for_backward(x, scale, shift, seed)
-        ctx.negative_slope, ctx.p = negative_slope, p
-        return _forward_op(x, scale, shift, seed, negative_slope, p)
+        ctx.negative_slope, ctx.p, ctx.backend = negative_slope, p, backend
+        return _forward_op(x, scale, shift, seed, negative_slope, p, backend)
 
     @staticmethod
     def backward(ctx, dy):
         x, scale, shift, seed = ctx.saved_tensors
         affine_grads = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         dx, dscale, dshift = _backward_op(dy, x, scale, shift, seed, ctx.negative_slope, ctx.p,
-                                          affine_grads)
+                                          affine_grads, ctx.backend)
         return (dx if ctx.needs_input_grad[0] else None,
                 dscale if ctx.needs_input_grad[1] else None,
-                dshift if ctx.needs_input_grad[2] else None, None, None, None)
+                dshift if ctx.needs_input_grad[2] else None, None, None, None, None)
 
 
 def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float = 0.0,
@@ -273,7 +292,8 @@ def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float
     Returns y with x's shape, dtype and memory layout. Differentiable in x, scale and shift.
     """
     reference.check_leaky_relu_dropout_args(x, p, scale, shift)
-    if backend_for(x) == "torch":
+    backend = backend_for(x)
+    if backend == "torch":
         return reference.leaky_relu_dropout(x, negative_slope=negative_slope, p=p,
                                              training=training, seed=seed, scale=scale,
                                              shift=shift)
@@ -281,4 +301,4 @@ def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float
     seed_tensor = (_checks.resolve_seed(seed, x.device) if drop > 0
                    else torch.zeros(1, dtype=torch.int64, device=x.device))
     return LeakyReLUDropoutFunction.apply(x, scale, shift, seed_tensor, float(negative_slope),
-                                          drop)
+                                          drop, backend)

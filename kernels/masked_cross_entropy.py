@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _checks, reference
+from . import _checks, _inductor, reference
 from ._backend import backend_for
 from .gan_logits import _blocks, _row_logsumexp
 
@@ -85,8 +85,24 @@ def _backward_kernel(dloss_ptr, denom_ptr, x_ptr, target_ptr, weight_ptr, lse_pt
 
 
 @torch.library.custom_op("ssgan::masked_cross_entropy_fwd", mutates_args=())
-def _forward_op(logits: torch.Tensor, target: torch.Tensor,
-                weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _forward_op(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch, num_classes = logits.shape
+    if backend == "inductor":
+        loss, lse, denom, first_bad = _inductor.call(reference.masked_cross_entropy_forward,
+                                                     logits, target, weight)
+    else:
+        loss, lse, denom, first_bad = _launch_forward(logits, target, weight)
+    # one scalar read (no sync is allowed while a CUDA graph is captured)
+    if not (logits.is_cuda and torch.cuda.is_current_stream_capturing()):
+        row = int(first_bad.item())
+        if row < batch:
+            _checks.raise_bad_target(target, row, num_classes)
+    return loss, lse, denom
+
+
+def _launch_forward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     batch, num_classes = logits.shape
     block_b, block_c = _blocks(num_classes)
     num_programs = max(1, triton.cdiv(batch, block_b))
@@ -100,24 +116,23 @@ def _forward_op(logits: torch.Tensor, target: torch.Tensor,
         BLOCK_C=block_c)
     _finish_kernel[(1,)](partial_loss, partial_weight, partial_bad, loss, denom, first_bad,
                          num_programs, batch, BLOCK=min(1024, triton.next_power_of_2(num_programs)))
-    # one scalar read (no sync is allowed while a CUDA graph is captured)
-    if not (logits.is_cuda and torch.cuda.is_current_stream_capturing()):
-        row = int(first_bad.item())
-        if row < batch:
-            _checks.raise_bad_target(target, row, num_classes)
-    return loss, lse, denom
+    return loss, lse, denom, first_bad
 
 
 @_forward_op.register_fake
-def _(logits, target, weight):
+def _(logits, target, weight, backend):
     scalar = weight.new_empty(())
     return scalar, weight.new_empty(logits.shape[0]), weight.new_empty(())
 
 
 @torch.library.custom_op("ssgan::masked_cross_entropy_bwd", mutates_args=())
 def _backward_op(dloss: torch.Tensor, denom: torch.Tensor, logits: torch.Tensor,
-                 target: torch.Tensor, weight: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+                 target: torch.Tensor, weight: torch.Tensor, lse: torch.Tensor,
+                 backend: str) -> torch.Tensor:
     batch, num_classes = logits.shape
+    if backend == "inductor" and batch:
+        return _inductor.call(reference.masked_cross_entropy_backward, dloss, denom, logits,
+                              target, weight, lse)
     dx = torch.empty(batch, num_classes, dtype=logits.dtype, device=logits.device)
     if batch:
         block_b, block_c = _blocks(num_classes)
@@ -128,7 +143,7 @@ def _backward_op(dloss: torch.Tensor, denom: torch.Tensor, logits: torch.Tensor,
 
 
 @_backward_op.register_fake
-def _(dloss, denom, logits, target, weight, lse):
+def _(dloss, denom, logits, target, weight, lse, backend):
     return logits.new_empty(logits.shape).contiguous()
 
 
@@ -136,15 +151,17 @@ class MaskedCrossEntropyFunction(torch.autograd.Function):
     """Autograd for the masked CE. Saves logits, targets, weights and one lse per row."""
 
     @staticmethod
-    def forward(ctx, logits, target, weight):
-        loss, lse, denom = _forward_op(logits, target, weight)
+    def forward(ctx, logits, target, weight, backend):
+        loss, lse, denom = _forward_op(logits, target, weight, backend)
         ctx.save_for_backward(logits, target, weight, lse, denom)
+        ctx.backend = backend
         return loss
 
     @staticmethod
     def backward(ctx, dloss):
         logits, target, weight, lse, denom = ctx.saved_tensors
-        return _backward_op(dloss, denom, logits, target, weight, lse), None, None
+        return (_backward_op(dloss, denom, logits, target, weight, lse, ctx.backend),
+                None, None, None)
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
@@ -160,6 +177,7 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
     """
     _checks.check_logits("logits", logits)
     weight = _checks.check_targets(logits, target, mask)
-    if backend_for(logits) == "torch":
+    backend = backend_for(logits)
+    if backend == "torch":
         return reference.masked_cross_entropy(logits, target, mask)
-    return MaskedCrossEntropyFunction.apply(logits, target.long(), weight.contiguous())
+    return MaskedCrossEntropyFunction.apply(logits, target.long(), weight.contiguous(), backend)

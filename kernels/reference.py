@@ -1,7 +1,12 @@
-"""Plain-PyTorch twins of the fused ops: the ground truth in tests and the CPU fallback.
+"""Plain-PyTorch twins of the fused ops: the ground truth in tests, and the math of the CPU path.
 
-They take the same arguments, reject the same inputs and, for a given seed, draw the same
-dropout mask as the Triton kernels (see ``_philox``). Arithmetic is fp32, or fp64 for fp64 input.
+The public twins (:func:`leaky_relu_dropout`, :func:`gan_logits`, :func:`masked_cross_entropy`)
+take the same arguments, reject the same inputs and, for a given seed, draw the same dropout
+mask as the Triton kernels (see ``_philox``); autograd differentiates them. The ``*_forward`` /
+``*_backward`` pairs are the same math split the way the kernels split it (the backward
+regenerates the dropout mask from the seed; nothing but the inputs and one log-sum-exp per row
+is saved): the CPU backend compiles exactly these with Inductor. Arithmetic is fp32, or fp64
+for fp64 input.
 """
 from __future__ import annotations
 
@@ -15,9 +20,11 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def dropout_keep_mask(seed: int, shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+def dropout_keep_mask(seed: torch.Tensor, shape: torch.Size, p: float,
+                      device: torch.device) -> torch.Tensor:
     """Bool mask (True = kept) for ``shape``: element i (row-major) is kept when its uniform
-    number (see ``_philox``) exceeds p, exactly as the kernel decides."""
+    number (see ``_philox``) exceeds p, exactly as the kernel decides. seed: one-element int64
+    tensor."""
     numel = 1
     for d in shape:
         numel *= d
@@ -25,8 +32,61 @@ def dropout_keep_mask(seed: int, shape: torch.Size, p: float, device: torch.devi
     return (uniform > torch.tensor(p, dtype=torch.float32, device=device)).view(shape)
 
 
+# ---------------------------------------------------------------- leaky-ReLU + dropout
+
 def _channel_view(v: torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return v.to(dtype).view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _affine(x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None
+            ) -> torch.Tensor:
+    z = x.to(compute_dtype(x.dtype))
+    if scale is not None:
+        z = z * _channel_view(scale, x, z.dtype)
+    if shift is not None:
+        z = z + _channel_view(shift, x, z.dtype)
+    return z
+
+
+def _dropout(t: torch.Tensor, seed: torch.Tensor | None, p: float) -> torch.Tensor:
+    """Inverted dropout of ``t`` with the seed's mask: kept values times 1 / (1 - p), dropped
+    ones exactly 0. p == 0 returns ``t`` (no seed needed)."""
+    if p == 0:
+        return t
+    keep = dropout_keep_mask(seed, t.shape, p, t.device)
+    return torch.where(keep, t * (1.0 / (1.0 - p)), 0.0)
+
+
+def leaky_relu_dropout_forward(x: torch.Tensor, scale: torch.Tensor | None,
+                               shift: torch.Tensor | None, seed: torch.Tensor | None,
+                               negative_slope: float, p: float, out: torch.Tensor
+                               ) -> torch.Tensor:
+    """The op's forward without checks: x (N, C, ...), seed a one-element int64 tensor (None
+    when p == 0), p the drop probability already set to 0 outside training. Writes y into
+    ``out`` (x's shape; its dtype and memory layout are the caller's choice) and returns it."""
+    z = _affine(x, scale, shift)
+    return out.copy_(_dropout(torch.where(z > 0, z, z * negative_slope), seed, p))
+
+
+def leaky_relu_dropout_backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None,
+                                shift: torch.Tensor | None, seed: torch.Tensor | None,
+                                negative_slope: float, p: float, affine_grads: bool,
+                                dx_out: torch.Tensor
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`leaky_relu_dropout_forward` from ``dy``, regenerating the mask from
+    the seed. Writes dx into ``dx_out`` (as ``out`` of the forward); returns it, and dscale,
+    dshift (C,) in scale's / shift's dtype (empty where the op has no scale / shift or
+    ``affine_grads`` is False)."""
+    z = _affine(x, scale, shift)
+    dy = dy.to(z.dtype)
+    dz = _dropout(torch.where(z > 0, dy, dy * negative_slope), seed, p)
+    dims = [d for d in range(x.dim()) if d != 1]
+    dscale = (dz * x.to(dz.dtype)).sum(dims).to(scale.dtype) \
+        if affine_grads and scale is not None else x.new_empty(0)
+    dshift = dz.sum(dims).to(shift.dtype) if affine_grads and shift is not None \
+        else x.new_empty(0)
+    dx = dz * _channel_view(scale, x, dz.dtype) if scale is not None else dz
+    return dx_out.copy_(dx), dscale, dshift
 
 
 def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float = 0.0,
@@ -35,18 +95,11 @@ def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float
                        shift: torch.Tensor | None = None) -> torch.Tensor:
     """``dropout_p(leaky_relu(x * scale[c] + shift[c]))``; see ``ssgan.kernels.leaky_relu_dropout``."""
     check_leaky_relu_dropout_args(x, p, scale, shift)
-    dtype = compute_dtype(x.dtype)
-    z = x.to(dtype)
-    if scale is not None:
-        z = z * _channel_view(scale, x, dtype)
-    if shift is not None:
-        z = z + _channel_view(shift, x, dtype)
-    y = torch.where(z > 0, z, z * negative_slope)
-    if training and p > 0:
-        seed_value = int(_checks.resolve_seed(seed, x.device).item())
-        keep = dropout_keep_mask(seed_value, x.shape, p, x.device)
-        y = torch.where(keep, y * (1.0 / (1.0 - p)), torch.zeros_like(y))
-    return torch.empty_like(x).copy_(y)  # keeps x's memory layout, as the kernel does
+    drop = float(p) if training else 0.0
+    seed_tensor = _checks.resolve_seed(seed, x.device) if drop > 0 else None
+    # the output keeps x's memory layout, as the kernel's does
+    return leaky_relu_dropout_forward(x, scale, shift, seed_tensor, negative_slope, drop,
+                                      torch.empty_like(x))
 
 
 def check_leaky_relu_dropout_args(x, p, scale, shift) -> None:
@@ -59,15 +112,86 @@ def check_leaky_relu_dropout_args(x, p, scale, shift) -> None:
     _checks.check_same_device("x", x, scale=scale, shift=shift)
 
 
+# ---------------------------------------------------------------- GAN-logit head
+
+def gan_logits_forward(class_logits: torch.Tensor, extra_class: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse): out (B,) in the input's dtype, lse (B,) the compute-dtype log-sum-exp of
+    the real-class columns, which the backward reuses."""
+    z = class_logits.to(compute_dtype(class_logits.dtype))
+    if extra_class:
+        lse = torch.logsumexp(z[:, :-1], dim=1)
+        out = lse - z[:, -1]
+    else:
+        lse = out = torch.logsumexp(z, dim=1)
+    # a copy even when the dtypes agree: an op's two outputs must not share memory
+    return out.to(class_logits.dtype, copy=True), lse
+
+
+def gan_logits_backward(dout: torch.Tensor, class_logits: torch.Tensor, lse: torch.Tensor,
+                        extra_class: bool) -> torch.Tensor:
+    """d out / d class_logits times ``dout``: ``dout * softmax`` over the real columns, and
+    ``-dout`` for the fake column. Returns (B, K[+1]) in the input's dtype."""
+    z = class_logits.to(lse.dtype)
+    g = dout.to(lse.dtype)[:, None]
+    dx = g * torch.exp(z - lse[:, None])
+    if extra_class:
+        is_fake = torch.arange(z.shape[1], device=z.device) == z.shape[1] - 1
+        dx = torch.where(is_fake, -g, dx)
+    return dx.to(class_logits.dtype)
+
+
 def gan_logits(class_logits: torch.Tensor, *, extra_class: bool = False) -> torch.Tensor:
     """Stable GAN logit per row; see ``ssgan.kernels.gan_logits``."""
     _checks.check_logits("class_logits", class_logits, min_cols=2 if extra_class else 1)
-    z = class_logits.to(compute_dtype(class_logits.dtype))
-    if extra_class:
-        out = torch.logsumexp(z[:, :-1], dim=1) - z[:, -1]
-    else:
-        out = torch.logsumexp(z, dim=1)
-    return out.to(class_logits.dtype)
+    return gan_logits_forward(class_logits, extra_class)[0]
+
+
+# ---------------------------------------------------------------- masked cross-entropy
+
+def _labeled_logits(logits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The logits in the weights' dtype with unlabeled rows zeroed, so that whatever they hold
+    (even inf or nan) reaches neither the loss nor, through autograd, the gradient."""
+    return torch.where(weight[:, None] != 0, logits.to(weight.dtype), 0.0)
+
+
+def _safe_target(target: torch.Tensor, weight: torch.Tensor, num_classes: int) -> torch.Tensor:
+    in_range = (weight != 0) & (target >= 0) & (target < num_classes)
+    return torch.where(in_range, target.long(), 0)
+
+
+def masked_cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor,
+                                 weight: torch.Tensor
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, lse, denom, first_bad) for logits (B, C), int target (B,) and float weights (B,)
+    in the compute dtype: the 0-dim loss, each row's log-sum-exp (B,), the 0-dim divisor
+    ``max(1, sum w)``, and the first labeled row whose target is outside [0, C) (B if none),
+    which the caller turns into an error."""
+    batch, num_classes = logits.shape
+    z = _labeled_logits(logits, weight)
+    lse = torch.logsumexp(z, dim=1)
+    per_row = lse - z.gather(1, _safe_target(target, weight, num_classes)[:, None]).squeeze(1)
+    denom = weight.sum().clamp_min(1.0)
+    loss = torch.where(weight != 0, weight * per_row, 0.0).sum() / denom
+    bad = (weight != 0) & ((target < 0) | (target >= num_classes))
+    rows = torch.arange(batch, device=logits.device)
+    first_bad = torch.where(bad, rows, batch).amin() if batch else rows.new_tensor(batch)
+    return loss, lse, denom, first_bad
+
+
+def masked_cross_entropy_backward(dloss: torch.Tensor, denom: torch.Tensor,
+                                  logits: torch.Tensor, target: torch.Tensor,
+                                  weight: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """``dloss * w_i / denom * (softmax_i - onehot(target_i))`` on labeled rows, exactly 0 on
+    the others. Returns (B, C) in the logits' dtype."""
+    num_classes = logits.shape[1]
+    z = _labeled_logits(logits, weight)
+    one_hot = torch.arange(num_classes, device=z.device) == \
+        _safe_target(target, weight, num_classes)[:, None]
+    row_scale = (weight * (dloss.to(weight.dtype) / denom))[:, None]
+    dx = torch.where(weight[:, None] != 0,
+                     row_scale * (torch.exp(z - lse[:, None]) - one_hot.to(z.dtype)), 0.0)
+    return dx.to(logits.dtype)
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
@@ -76,9 +200,4 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
     _checks.check_logits("logits", logits)
     weight = _checks.check_targets(logits, target, mask)
     _checks.check_target_range(target, weight, logits.shape[1])
-    z = logits.to(weight.dtype)
-    safe_target = torch.where(weight != 0, target.long(), torch.zeros_like(target.long()))
-    per_row = torch.logsumexp(z, dim=1) - z.gather(1, safe_target[:, None]).squeeze(1)
-    # where, not a product: a masked row's garbage (even inf) must not leak in as 0 * inf.
-    per_row = torch.where(weight != 0, weight * per_row, torch.zeros_like(per_row))
-    return per_row.sum() / weight.sum().clamp_min(1.0)
+    return masked_cross_entropy_forward(logits, target, weight)[0]

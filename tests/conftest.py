@@ -21,13 +21,14 @@ def device() -> torch.device:
     return DEVICE
 
 
-@pytest.fixture(params=["kernel", "torch"])
+@pytest.fixture(params=["kernel", "inductor", "torch"])
 def backend(request, monkeypatch) -> str:
-    """Runs a test once on the Triton path and once on the PyTorch twins; yields the path name
-    the test must see from ``backend_for`` so that a silent fallback cannot pass."""
-    if request.param == "torch":
-        monkeypatch.setenv("SSGAN_KERNELS", "torch")
-        return "torch"
+    """Runs a test on the Triton path, on the Inductor-compiled twins and on the eager PyTorch
+    twins; yields the path name the test must see from ``backend_for`` so that a silent
+    fallback cannot pass."""
+    if request.param in ("inductor", "torch"):
+        monkeypatch.setenv("SSGAN_KERNELS", request.param)
+        return request.param
     monkeypatch.setenv("SSGAN_KERNELS", "triton")
     return KERNEL_PATH
 

@@ -20,15 +20,23 @@ def test_interpreter_is_reported_in_a_fresh_process():
     assert out.stdout.strip() == "interpret"
 
 
+def _auto_path(x: torch.Tensor) -> str:
+    if _backend.INTERPRET:
+        return "interpret"
+    return "triton" if x.is_cuda else "inductor"
+
+
 def test_env_override_and_set_backend(monkeypatch):
     x = torch.zeros(2)
     monkeypatch.setenv("SSGAN_KERNELS", "torch")
     assert K.backend_for(x) == "torch"
+    monkeypatch.setenv("SSGAN_KERNELS", "inductor")
+    assert K.backend_for(x) == "inductor"
     monkeypatch.setenv("SSGAN_KERNELS", "auto")
-    assert K.backend_for(x) == KERNEL_PATH if x.is_cuda or _backend.INTERPRET else "torch"
+    assert K.backend_for(x) == _auto_path(x)
     with K.use_backend("torch"):
         assert K.backend_for(x) == "torch"
-    assert K.backend_for(x) != "torch" or not _backend.INTERPRET
+    assert K.backend_for(x) == _auto_path(x)
     monkeypatch.setenv("SSGAN_KERNELS", "cuda-please")
     with pytest.raises(ValueError, match="SSGAN_KERNELS must be one of"):
         K.backend_for(x)
@@ -36,13 +44,41 @@ def test_env_override_and_set_backend(monkeypatch):
         K.set_backend("fast")
 
 
-def test_forced_triton_without_a_triton_path_raises(monkeypatch):
+def test_cpu_default_is_inductor_without_the_interpreter(monkeypatch):
     monkeypatch.setattr(_backend, "INTERPRET", False)
     monkeypatch.setenv("SSGAN_KERNELS", "triton")
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         K.backend_for(torch.zeros(1))
     monkeypatch.setenv("SSGAN_KERNELS", "auto")
-    assert K.backend_for(torch.zeros(1)) == "torch"
+    assert K.backend_for(torch.zeros(1)) == "inductor"
+
+
+def test_without_a_compiler_the_cpu_path_warns_once_and_runs_the_twins(tmp_path):
+    """A fresh process whose C++ compiler is missing: the first op warns, every op still gives
+    the twin's exact result, and backend_for then names the torch path."""
+    code = """
+import warnings, torch, torch._inductor.config as config
+config.cpp.cxx = ("/nonexistent/g++",)
+import ssgan.kernels as K
+x = torch.randn(4, 6, 5, requires_grad=True)
+assert K.backend_for(x) == "inductor"
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    y = K.leaky_relu_dropout(x, p=0.5, seed=7)
+    y.sum().backward()
+    K.gan_logits(torch.randn(3, 11), extra_class=True)
+messages = [str(w.message) for w in caught if "could not be compiled" in str(w.message)]
+assert len(messages) == 1, messages
+assert "--kernels torch" in messages[0]
+assert K.backend_for(x) == "torch"
+twin = K.reference.leaky_relu_dropout(x.detach(), p=0.5, seed=7)
+assert torch.equal(y.detach(), twin)
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SSGAN_KERNELS")}
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path)  # no cached kernel may hide the failure
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
 def _head(x, scale, shift, target, mask):
