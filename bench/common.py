@@ -1,4 +1,11 @@
-"""What both benchmarks share: the environment record, timing, bandwidth and output files."""
+"""What both benchmarks share: device choice, the environment record, timing, bandwidth,
+peak memory and output files.
+
+On a GPU, times are ``triton.testing.do_bench`` medians (L2 flushed). On a CPU they are medians
+of repeated ``perf_counter`` runs after warm-up, on the stated number of threads, and peak
+memory comes from the profiler's allocation events. ``--smoke`` runs tiny shapes to check the
+harness; its rows say they are not a measurement.
+"""
 from __future__ import annotations
 
 import csv
@@ -14,89 +21,132 @@ from pathlib import Path
 import torch
 import triton
 
-NOT_A_MEASUREMENT = "CPU smoke run of the harness: timings are not results; GPU numbers need a GPU"
+NOT_A_MEASUREMENT = "smoke run of the harness: timings are not results"
 
 
-def environment(smoke: bool) -> dict:
-    """Device name, versions and the command line, stamped on every CSV row."""
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__,
+def add_common_args(parser) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where to measure (default: the GPU if one is visible, else CPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: torch's default, one per core)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny shapes on CPU to check the harness; timings are not results")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: bench/results/<gpu> or cpu-<cpu>)")
+    parser.set_defaults(prog=parser.prog)
+
+
+def setup(args) -> tuple[torch.device, dict, Path]:
+    """Shared start of both benchmarks: pick the device and threads, stamp the environment and
+    create the output folder."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"{args.prog}: --device cuda, but no CUDA GPU is visible; use "
+                         "--device cpu")
+    use_cuda = not args.smoke and args.device != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if use_cuda else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env = environment(device, args.smoke)
+    if args.smoke:
+        print(f"{args.prog}: {NOT_A_MEASUREMENT}")
+    return device, env, results_dir(args.out, env)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() \
+            else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device, smoke: bool) -> dict:
+    """Device name, threads, versions and the command line, stamped on every CSV row."""
+    name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
+    return {"device": name, "device_type": device.type,
+            "threads": torch.get_num_threads() if device.type == "cpu" else "",
+            "torch": torch.__version__, "triton": triton.__version__,
             "python": platform.python_version(),
             "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
             "note": NOT_A_MEASUREMENT if smoke else ""}
 
 
 def results_dir(out: str | None, env: dict) -> Path:
-    name = "cpu-smoke" if env["note"] else re.sub(r"[^A-Za-z0-9]+", "-", env["gpu"]).strip("-")
-    path = Path(out) if out else Path("bench") / "results" / name.lower()
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", env["device"]).strip("-").lower()
+    name = "smoke" if env["note"] else (f"cpu-{slug}" if env["device_type"] == "cpu" else slug)
+    path = Path(out) if out else Path("bench") / "results" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def require_gpu_or_smoke(smoke: bool, prog: str) -> None:
-    if not smoke and not torch.cuda.is_available():
-        raise SystemExit(f"{prog}: no CUDA GPU is visible, and GPU numbers need one. Run it on a "
-                         "GPU machine, or pass --smoke to exercise the harness on CPU (its "
-                         "timings are then marked as not a measurement).")
-    if smoke:
-        print(f"{prog}: {NOT_A_MEASUREMENT}")
-
-
-def setup(args) -> tuple[torch.device, dict, Path]:
-    """Shared start of both benchmarks: refuse CPU timings unless --smoke, then pick the
-    device, stamp the environment and create the output folder."""
-    require_gpu_or_smoke(args.smoke, args.prog)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    env = environment(args.smoke)
-    return device, env, results_dir(args.out, env)
-
-
-def add_common_args(parser) -> None:
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny shapes on CPU to check the harness; timings are not results")
-    parser.add_argument("--out", default=None,
-                        help="output folder (default: bench/results/<gpu>)")
-    parser.set_defaults(prog=parser.prog)
-
-
-def bench_ms(fn: Callable[[], object], smoke: bool, grad_to_none=None) -> float:
-    """Median milliseconds: ``triton.testing.do_bench`` on a GPU (warm-up, L2 flushed between
-    runs); on a CPU smoke run, a few perf_counter repetitions that only prove the code runs."""
-    if not smoke:
+def bench_ms(fn: Callable[[], object], device: torch.device, smoke: bool,
+             grad_to_none=None, budget_s: float = 1.0) -> float:
+    """Median milliseconds of ``fn``: ``do_bench`` on a GPU; on a CPU, after two warm-up calls,
+    at least 10 runs and as many more as fit in ``budget_s`` (2 runs for --smoke)."""
+    if device.type == "cuda" and not smoke:
         return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none,
                                        return_mode="median")
-    fn()
-    times = []
+    return statistics.median(cpu_times_ms(fn, 2 if smoke else 10, 0.0 if smoke else budget_s,
+                                          grad_to_none))
+
+
+def cpu_times_ms(fn: Callable[[], object], min_runs: int, budget_s: float,
+                 grad_to_none=None) -> list[float]:
     for _ in range(2):
-        if grad_to_none:
-            for t in grad_to_none:
-                t.grad = None
+        fn()
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < min_runs or (time.perf_counter() < deadline and len(times) < 1000):
+        for t in grad_to_none or ():
+            t.grad = None
         start = time.perf_counter()
         fn()
         times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+    return times
 
 
-def copy_bandwidth_gbps(smoke: bool, megabytes: int = 1024) -> float:
+def copy_bandwidth_gbps(device: torch.device, smoke: bool, megabytes: int = 256) -> float:
     """The device's measured copy bandwidth (read + write bytes per second), the 100% line."""
     if smoke:
         return float("nan")
-    src = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32, device="cuda")
+    src = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    ms = bench_ms(lambda: dst.copy_(src), device, smoke)
     return 2 * src.numel() * 4 / ms / 1e6
 
 
-def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak memory that one call allocates beyond what was live before it."""
-    if device.type != "cuda":
+def matmul_tflops(device: torch.device, smoke: bool) -> float:
+    """Measured fp32 matmul throughput (a large square matmul; TF32 where PyTorch's defaults
+    allow it), the practical ceiling that a step's FLOPs are compared with."""
+    if smoke:
         return float("nan")
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    ms = bench_ms(lambda: a @ b, device, smoke)
+    return 2 * n**3 / ms / 1e9
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory that one call allocates beyond what was live before it: the CUDA
+    allocator's statistics, or on a CPU the running sum of the profiler's allocation events."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:
@@ -107,3 +157,13 @@ def write_csv(rows: list[dict], path: Path) -> Path:
         writer.writerows(rows)
     print(f"wrote {path} ({len(rows)} rows)")
     return path
+
+
+def markdown_table(rows: list[dict], columns: dict[str, str]) -> str:
+    """A README table (``columns``: CSV field -> header) built from result rows."""
+    def cell(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns.values()) + " |",
+             "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(cell(r.get(k, "")) for k in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

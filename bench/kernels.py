@@ -1,13 +1,21 @@
-"""Per-op benchmark: ssgan's Triton kernels against eager PyTorch and torch.compile.
+"""Per-op benchmark: ssgan's ops against the same op written with stock PyTorch.
 
-For every op, every shape the batch-128 models use plus a sweep to memory-bound sizes
-(>= 256 MB per tensor), and forward / backward / forward+backward, it records the median time
-(``triton.testing.do_bench``), the achieved GB/s from the bytes the op must move, that as a
-percentage of the device's copy bandwidth measured in the same run, and the peak memory of
-forward+backward. Output: ``kernels.csv`` and PNG plots under ``bench/results/<gpu>/``.
+Providers: ``ssgan`` (the default path: compiled Triton on a GPU, the Inductor-compiled twins
+on a CPU), ``stock`` (what a user writes: ``F.leaky_relu`` + ``F.dropout`` after a per-channel
+affine, ``torch.logsumexp``, ``F.cross_entropy``), ``stock+compile`` (its ``torch.compile``)
+and ``reference`` (ssgan's eager twins: a correctness reference, never a baseline; on a CPU
+only at the model's shapes, where it finishes).
 
-    python -m bench.kernels                # on a GPU
-    python -m bench.kernels --smoke        # tiny shapes on CPU: checks the harness only
+For every op, every shape the batch-128 models use plus a sweep to memory-bound sizes (up to
+512 MB per tensor on a GPU, 32 MB on a CPU), and forward / backward / forward+backward, it
+records the median time, the achieved GB/s from the bytes the op must move, that as a
+percentage of the copy bandwidth measured in the same run, and the peak memory of
+forward+backward. Output: ``kernels.csv``, ``kernels.md`` and PNG plots under
+``bench/results/<gpu>`` or ``bench/results/cpu-<cpu>``.
+
+    python -m bench.kernels                          # GPU if visible, else CPU
+    python -m bench.kernels --device cpu --threads 2
+    python -m bench.kernels --smoke                  # tiny shapes: checks the harness only
 """
 from __future__ import annotations
 
@@ -23,7 +31,8 @@ import ssgan.kernels as K
 from ssgan.kernels import reference as ref
 from bench import common
 
-PROVIDERS = ("ssgan", "twin", "notebook", "compile")
+PROVIDERS = ("ssgan", "stock", "stock+compile", "reference")
+BASELINES = ("stock", "stock+compile")
 MODES = ("fwd", "bwd", "fwd+bwd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -44,37 +53,42 @@ class Case:
         return math.prod(self.shape) * 4 / 2**20
 
 
-# ---------------------------------------------------------------- the ops, written three ways
+# ---------------------------------------------------------------- the ops in stock PyTorch
 
 def _channel(v, x):
     return v.view(1, -1, *([1] * (x.dim() - 2)))
 
 
-def _lrd_notebook(x, scale, shift, p):
-    """The notebook's form: BN affine, ``max(alpha*x, x)``, then torch's dropout."""
+def _lrd_stock(x, scale, shift, slope, p):
+    """A folded BatchNorm's affine, ``F.leaky_relu`` and ``F.dropout``, as a user writes them."""
     z = x * _channel(scale, x) + _channel(shift, x) if scale is not None else x
-    return F.dropout(torch.maximum(0.2 * z, z), p, training=True)
+    return F.dropout(F.leaky_relu(z, slope), p, training=True)
 
 
-def _gan_logits_notebook(z, extra):
-    real = z[:, :-1] if extra else z
-    mx = real.max(1, keepdim=True).values
-    out = torch.log(torch.exp(real - mx).sum(1)) + mx.squeeze(1)
-    return out - z[:, -1] if extra else out
+def _gan_logits_stock(z, extra):
+    return torch.logsumexp(z[:, :-1], 1) - z[:, -1] if extra else torch.logsumexp(z, 1)
 
 
-def _mce_notebook(z, target, mask):
-    one_hot = F.one_hot(target.clamp_min(0), z.shape[1]).to(z.dtype)
-    ce = -(one_hot * torch.log_softmax(z, 1)).sum(1)
-    m = mask.float()
-    return (m * ce).sum() / m.sum().clamp_min(1.0)
+def _mce_stock(z, target, mask):
+    """The notebook's masked mean: CE of labeled rows summed / max(1, labeled rows)."""
+    ce = F.cross_entropy(z, target.clamp_min(0), reduction="none")
+    m = mask.to(ce.dtype)
+    return (ce * m).sum() / m.sum().clamp_min(1.0)
 
 
 def _compiled(fn, backend):
     return torch.compile(fn, backend=backend, dynamic=False)
 
 
-def lrd_case(label, shape, affine, p, dtype, device, compile_backend) -> Case:
+def _providers(ssgan, stock, reference, compile_backend, with_reference) -> dict:
+    fns = {"ssgan": ssgan, "stock": stock, "stock+compile": _compiled(stock, compile_backend)}
+    if with_reference:
+        fns["reference"] = reference
+    return fns
+
+
+def lrd_case(label, shape, affine, p, dtype, device, compile_backend, slope=0.2,
+             with_reference=True) -> Case:
     def make():
         x = torch.randn(shape, dtype=dtype, device=device, requires_grad=True)
         if not affine:
@@ -83,37 +97,34 @@ def lrd_case(label, shape, affine, p, dtype, device, compile_backend) -> Case:
                 torch.randn(shape[1], device=device).requires_grad_())
 
     def ssgan(x, s, b):
-        return K.leaky_relu_dropout(x, p=p, scale=s, shift=b)
+        return K.leaky_relu_dropout(x, negative_slope=slope, p=p, scale=s, shift=b)
 
-    def twin(x, s, b):
-        return ref.leaky_relu_dropout(x, p=p, scale=s, shift=b)
+    def reference(x, s, b):
+        return ref.leaky_relu_dropout(x, negative_slope=slope, p=p, scale=s, shift=b)
 
     numel, size = math.prod(shape), torch.finfo(dtype).bits // 8
     return Case("leaky_relu_dropout", f"affine={affine},p={p}", label, shape, make,
-                {"ssgan": ssgan, "twin": twin,
-                 "notebook": lambda x, s, b: _lrd_notebook(x, s, b, p),
-                 "compile": _compiled(twin, compile_backend)},
+                _providers(ssgan, lambda x, s, b: _lrd_stock(x, s, b, slope, p), reference,
+                           compile_backend, with_reference),
                 bytes_fwd=2 * numel * size, bytes_bwd=3 * numel * size)
 
 
-def gan_logits_case(label, batch, cols, extra, dtype, device, compile_backend) -> Case:
+def gan_logits_case(label, batch, cols, extra, dtype, device, compile_backend,
+                    with_reference=True) -> Case:
     def make():
-        return (torch.randn(batch, cols, dtype=dtype, device=device, requires_grad=True) * 3,)
-
-    def twin(z):
-        return ref.gan_logits(z, extra_class=extra)
+        return ((torch.randn(batch, cols, dtype=dtype, device=device) * 3).requires_grad_(),)
 
     size = torch.finfo(dtype).bits // 8
-    return Case("gan_logits", f"extra_class={extra}", label, (batch, cols),
-                lambda: (make()[0].detach().requires_grad_(),),
-                {"ssgan": lambda z: K.gan_logits(z, extra_class=extra), "twin": twin,
-                 "notebook": lambda z: _gan_logits_notebook(z, extra),
-                 "compile": _compiled(twin, compile_backend)},
+    return Case("gan_logits", f"extra_class={extra}", label, (batch, cols), make,
+                _providers(lambda z: K.gan_logits(z, extra_class=extra),
+                           lambda z: _gan_logits_stock(z, extra),
+                           lambda z: ref.gan_logits(z, extra_class=extra), compile_backend,
+                           with_reference),
                 bytes_fwd=batch * cols * size + batch * (size + 4),
                 bytes_bwd=2 * batch * cols * size + batch * (size + 4))
 
 
-def mce_case(label, batch, cols, dtype, device, compile_backend) -> Case:
+def mce_case(label, batch, cols, dtype, device, compile_backend, with_reference=True) -> Case:
     def make():
         z = torch.randn(batch, cols, dtype=dtype, device=device) * 3
         target = torch.randint(0, cols, (batch,), device=device)
@@ -122,37 +133,43 @@ def mce_case(label, batch, cols, dtype, device, compile_backend) -> Case:
 
     size = torch.finfo(dtype).bits // 8
     return Case("masked_cross_entropy", f"classes={cols}", label, (batch, cols), make,
-                {"ssgan": K.masked_cross_entropy, "twin": ref.masked_cross_entropy,
-                 "notebook": _mce_notebook,
-                 "compile": _compiled(ref.masked_cross_entropy, compile_backend)},
+                _providers(K.masked_cross_entropy, _mce_stock, ref.masked_cross_entropy,
+                           compile_backend, with_reference),
                 bytes_fwd=batch * (cols * size + 8 + 1 + 4),
                 bytes_bwd=batch * (2 * cols * size + 8 + 1 + 4))
 
 
+MODEL_BLOCKS = [  # (label, shape, affine, p, slope): every fused block of D and G at batch 128
+    ("D.input_dropout", (128, 3, 32, 32), False, 0.2, 1.0),
+    ("D.act1", (128, 64, 16, 16), False, 0.5, 0.2), ("D.act2", (128, 64, 8, 8), False, 0.0, 0.2),
+    ("D.act3", (128, 64, 4, 4), True, 0.5, 0.2), ("D.act4", (128, 128, 4, 4), True, 0.0, 0.2),
+    ("D.act5", (128, 128, 4, 4), True, 0.0, 0.2), ("D.act7", (128, 128, 2, 2), False, 0.0, 0.2),
+    ("G.act0", (128, 128, 4, 4), True, 0.0, 0.2), ("G.act1", (128, 64, 8, 8), True, 0.0, 0.2),
+    ("G.act2", (128, 32, 16, 16), True, 0.0, 0.2)]
+
+
 def cases(dtype, device, smoke, compile_backend) -> list[Case]:
-    """The discriminator's and generator's shapes at batch 128, then the sweeps."""
+    """The discriminator's and generator's shapes at batch 128, then the sweeps (smaller on a
+    CPU, where the eager reference is left out of them)."""
     args = (dtype, device, compile_backend)
     if smoke:
         return [lrd_case("D.act3", (4, 3, 4, 4), True, 0.5, *args),
                 lrd_case("sweep", (2, 3, 5), False, 0.0, *args),
                 gan_logits_case("D.head", 8, 11, True, *args),
                 mce_case("D.supervised", 8, 10, *args)]
-    model = [  # (label, shape, affine, p): every fused block of D and G
-        ("D.input_dropout", (128, 3, 32, 32), False, 0.2), ("D.act1", (128, 64, 16, 16), False, 0.5),
-        ("D.act2", (128, 64, 8, 8), False, 0.0), ("D.act3", (128, 64, 4, 4), True, 0.5),
-        ("D.act4", (128, 128, 4, 4), True, 0.0), ("D.act5", (128, 128, 4, 4), True, 0.0),
-        ("D.act7", (128, 128, 2, 2), False, 0.0), ("G.act0", (128, 128, 4, 4), True, 0.0),
-        ("G.act1", (128, 64, 8, 8), True, 0.0), ("G.act2", (128, 32, 16, 16), True, 0.0)]
-    out = [lrd_case(label, shape, affine, p, *args) for label, shape, affine, p in model]
-    for affine in (False, True):
-        out += [lrd_case("sweep", (n, 64, 32, 32), affine, 0.5, *args)
-                for n in (32, 128, 512, 1024, 2048)]   # 8 MB .. 512 MB per fp32 tensor
+    gpu = device.type == "cuda"
+    out = [lrd_case(label, shape, affine, p, *args, slope=slope)
+           for label, shape, affine, p, slope in MODEL_BLOCKS]
     out += [gan_logits_case("D.head", 128, 10, False, *args),
             gan_logits_case("D.head", 128, 11, True, *args),
             mce_case("D.supervised", 128, 10, *args), mce_case("D.supervised", 128, 11, *args)]
-    for batch in (2**14, 2**17, 2**20, 2**23):          # up to 369 MB of fp32 logits
-        out += [gan_logits_case("sweep", batch, 11, True, *args),
-                mce_case("sweep", batch, 11, *args)]
+    sweep = dict(with_reference=gpu)
+    for affine in (False, True):   # 8 MB .. 512 MB per fp32 tensor on a GPU, 2 .. 32 MB on CPU
+        out += [lrd_case("sweep", (n, 64, 32, 32), affine, 0.5, *args, **sweep)
+                for n in ((32, 128, 512, 1024, 2048) if gpu else (8, 32, 128))]
+    for batch in (2**14, 2**17, 2**20, 2**23) if gpu else (2**14, 2**17, 2**20):
+        out += [gan_logits_case("sweep", batch, 11, True, *args, **sweep),
+                mce_case("sweep", batch, 11, *args, **sweep)]
     return out
 
 
@@ -160,6 +177,7 @@ def cases(dtype, device, smoke, compile_backend) -> list[Case]:
 
 def measure(case: Case, provider: str, mode: str, smoke: bool, copy_gbps: float,
             device: torch.device) -> dict:
+    """One row: the median time of ``provider`` on ``case`` in ``mode``."""
     fn = case.fns[provider]
     inputs = case.make()
     leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -182,7 +200,7 @@ def measure(case: Case, provider: str, mode: str, smoke: bool, copy_gbps: float,
         dy = grad_of(forward())
         run = lambda: forward().backward(dy)
         moved = case.bytes_fwd + case.bytes_bwd
-    ms = common.bench_ms(run, smoke, grad_to_none=leaves)
+    ms = common.bench_ms(run, device, smoke, grad_to_none=leaves)
     gbps = float("nan") if smoke else moved / ms / 1e6
     row = {"op": case.op, "variant": case.variant, "shape_from": case.label,
            "shape": "x".join(map(str, case.shape)), "tensor_mb": case.megabytes,
@@ -220,7 +238,7 @@ def plot(rows: list[dict], out_dir) -> list:
             ax.grid(alpha=0.3)
         ax_t.set_yscale("log")
         ax_bw.legend()
-        fig.suptitle(f"{op} ({variant}), {mode}, {rows[0]['gpu']}")
+        fig.suptitle(f"{op} ({variant}), {mode}, {rows[0]['device']}")
         fig.tight_layout()
         name = f"kernels_{op}_{variant}_{mode}".replace("=", "-").replace(",", "_")
         path = out_dir / (name.replace("+", "_") + ".png")
@@ -228,6 +246,22 @@ def plot(rows: list[dict], out_dir) -> list:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """``speedup_vs_<baseline>``: the baseline's time / this row's, for the same case and mode."""
+    def key(r):
+        return r["op"], r["variant"], r["shape_from"], r["shape"], r["mode"]
+    times = {(key(r), r["provider"]): r["median_ms"] for r in rows}
+    for row in rows:
+        for base in BASELINES:
+            if (key(row), base) in times:
+                row[f"speedup_vs_{base}"] = times[(key(row), base)] / row["median_ms"]
+
+
+TABLE = {"op": "op", "variant": "variant", "shape_from": "shape from", "shape": "shape",
+         "median_ms": "ssgan ms", "speedup_vs_stock": "vs stock",
+         "speedup_vs_stock+compile": "vs stock+compile"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,20 +276,24 @@ def main(argv: list[str] | None = None) -> int:
                              "masked_cross_entropy)")
     args = parser.parse_args(argv)
     device, env, out_dir = common.setup(args)
-    copy_gbps = common.copy_bandwidth_gbps(args.smoke)
+    copy_gbps = common.copy_bandwidth_gbps(device, args.smoke)
     compile_backend = "aot_eager" if args.smoke else "inductor"
     rows = []
-    with K.use_backend("auto" if args.smoke else "triton"):
-        for case in cases(DTYPES[args.dtype], device, args.smoke, compile_backend):
-            if args.ops and case.op not in args.ops:
-                continue
-            for mode in args.modes:
-                for provider in args.providers:
-                    row = measure(case, provider, mode, args.smoke, copy_gbps, device)
-                    rows.append({**row, "copy_gbps": copy_gbps, **env})
-                    print(f"{case.op:22s} {case.variant:22s} {row['shape']:>16s} {mode:8s} "
-                          f"{provider:9s} {row['median_ms']:9.4f} ms {row['gbps']:8.1f} GB/s")
+    for case in cases(DTYPES[args.dtype], device, args.smoke, compile_backend):
+        if args.ops and case.op not in args.ops:
+            continue
+        for mode in args.modes:
+            for provider in args.providers:
+                if provider not in case.fns:
+                    continue
+                row = measure(case, provider, mode, args.smoke, copy_gbps, device)
+                rows.append({**row, "copy_gbps": copy_gbps, **env})
+                print(f"{case.op:22s} {case.variant:22s} {row['shape']:>16s} {mode:8s} "
+                      f"{provider:14s} {row['median_ms']:9.4f} ms {row['gbps']:8.1f} GB/s")
+    add_speedups(rows)
     common.write_csv(rows, out_dir / "kernels.csv")
+    summary = [r for r in rows if r["provider"] == "ssgan" and r["mode"] == "fwd+bwd"]
+    (out_dir / "kernels.md").write_text(common.markdown_table(summary, TABLE))
     for path in plot(rows, out_dir):
         print(f"wrote {path}")
     return 0

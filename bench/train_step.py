@@ -1,30 +1,44 @@
 """End-to-end benchmark: the notebook's full training step on SVHN-shaped synthetic data.
 
-Variants: ``eager`` (the PyTorch twins), ``fused`` (the Triton kernels), ``compile``
-(torch.compile of the twin models) and ``fused+cudagraph`` (the whole fused step, optimizer
-included, captured in one CUDA graph). For each: ms/step (``triton.testing.do_bench`` median),
-images/s, the time of one SVHN epoch (73,257 images), peak memory, the step's FLOPs counted by
-``torch.utils.flop_counter`` and their fraction of the matmul throughput measured in the same
-run. Output: ``train_step.csv`` and ``train_step.png`` under ``bench/results/<gpu>/``.
+Variants, all measured in the same run:
+- ``ssgan``: the project's trainer step with its default kernels (compiled Triton on a GPU, the
+  Inductor-compiled CPU path on a CPU);
+- ``stock``: the same model and step written with stock PyTorch, as a user would (the
+  baseline, see ``bench/stock.py``), and ``stock+compile``, its ``torch.compile``;
+- ``stock+channels_last``: the stock model in the channels-last layout the ssgan step uses on
+  a CPU, to show how much of a gain is layout rather than fusion (not a baseline);
+- ``reference``: the trainer on ssgan's eager PyTorch twins (a correctness reference, never a
+  baseline);
+- ``ssgan+cudagraph``: the whole ssgan step captured in one CUDA graph (GPU only).
 
-    python -m bench.train_step             # on a GPU, batch 128 and 512
-    python -m bench.train_step --smoke     # tiny model on CPU: checks the harness only
+Reported per variant: the first step's time (compilation included: ``warmup_s``), the median
+steady-state ms/step, images/s, one SVHN epoch (73,257 images), peak memory of a step, and the
+step's FLOPs as a share of a large matmul's throughput measured in the same run. On a CPU the
+variants are timed in interleaved rounds, so that a slow spell of the machine hits all alike.
+Output: ``train_step.csv``, ``train_step.md`` and ``train_step.png`` under ``bench/results/``.
+
+    python -m bench.train_step                    # GPU if visible, else CPU (batch 128)
+    python -m bench.train_step --device cpu --threads 2
+    python -m bench.train_step --smoke            # tiny model: checks the harness only
 """
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
-import triton
 from torch.utils.flop_counter import FlopCounterMode
 
 import ssgan.kernels as K
-from bench import common
+from bench import common, stock
 from ssgan.data import Dataset, Split
 from ssgan.train import TrainConfig, Trainer
 
 SVHN_TRAIN_IMAGES = 73_257
-VARIANTS = ("eager", "fused", "compile", "fused+cudagraph")
+VARIANTS = ("ssgan", "stock", "stock+compile", "stock+channels_last", "reference",
+            "ssgan+cudagraph")
+BASELINES = ("stock", "stock+compile")
 
 
 def synthetic_svhn(n: int, size: int = 32) -> Dataset:
@@ -36,16 +50,12 @@ def synthetic_svhn(n: int, size: int = 32) -> Dataset:
 
 def make_trainer(variant: str, batch: int, smoke: bool, device: torch.device) -> Trainer:
     cfg = TrainConfig(batch_size=batch, labels=1000 if not smoke else 20, device=str(device),
-                      kernels="torch" if variant in ("eager", "compile") else "auto",
+                      kernels="torch" if variant == "reference" else "auto",
                       progress=False, out_dir="/nonexistent")
     if smoke:
         cfg.d_size_mult, cfg.g_size_mult, cfg.z_dim = 4, 4, 8
     trainer = Trainer(cfg, synthetic_svhn(max(4 * batch, 1000 if not smoke else 64)))
-    if variant == "compile":
-        backend = "aot_eager" if smoke else "inductor"
-        trainer.g = torch.compile(trainer.g, backend=backend)
-        trainer.d = torch.compile(trainer.d, backend=backend)
-    if variant == "fused+cudagraph":
+    if variant == "ssgan+cudagraph":
         # a graph replays fixed addresses: Adam must keep its step counter on the device
         betas = (cfg.beta1, 0.999)
         trainer.opt_d = torch.optim.Adam(trainer.d.parameters(), cfg.lr, betas, capturable=True)
@@ -53,11 +63,20 @@ def make_trainer(variant: str, batch: int, smoke: bool, device: torch.device) ->
     return trainer
 
 
-def step_fn(trainer: Trainer, variant: str):
+def step_fn(variant: str, batch: int, smoke: bool, device: torch.device):
     """A zero-argument callable that runs one training step of ``variant``."""
-    idx = torch.arange(trainer.cfg.batch_size, device=trainer.device)
-    step = lambda: trainer.step(idx)
-    if variant != "fused+cudagraph":
+    trainer = make_trainer(variant, batch, smoke, device)
+    idx = torch.arange(batch, device=device)
+    if variant.startswith("stock"):
+        g, d = stock.stock_models(trainer, compile_models=variant == "stock+compile",
+                                  channels_last=variant == "stock+channels_last")
+        return lambda: stock.stock_step(trainer, g, d, idx)
+    backend = trainer.cfg.kernels
+
+    def step():
+        with K.use_backend(backend):
+            trainer.step(idx)
+    if variant != "ssgan+cudagraph":
         return step
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -73,46 +92,78 @@ def step_fn(trainer: Trainer, variant: str):
 
 
 def step_flops(batch: int, smoke: bool, device: torch.device) -> int:
-    """FLOPs of one step (forward and backward of both players), counted on the eager model:
+    """FLOPs of one step (forward and backward of both players), counted on the stock model:
     they are a property of the step, the same for every variant."""
-    trainer = make_trainer("eager", batch, smoke, device)
+    run = step_fn("stock", batch, smoke, device)
     counter = FlopCounterMode(display=False)
-    with counter, K.use_backend("torch"):
-        trainer.step(torch.arange(batch, device=device))
+    with counter:
+        run()
     return counter.get_total_flops()
 
 
-def matmul_tflops(smoke: bool) -> float:
-    """Measured fp32 matmul throughput (TF32 allowed as PyTorch's default permits), the 100%
-    line for the step's FLOPs."""
-    if smoke:
-        return float("nan")
-    a = torch.randn(8192, 8192, device="cuda")
-    b = torch.randn(8192, 8192, device="cuda")
-    ms = triton.testing.do_bench(lambda: a @ b, return_mode="median")
-    return 2 * 8192**3 / ms / 1e9
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
-def run_variant(variant: str, batch: int, smoke: bool, device: torch.device,
-                flops: int, peak_tflops: float) -> dict:
-    row = {"variant": variant, "batch": batch}
-    if variant == "fused+cudagraph" and device.type != "cuda":
+def prepare(variant: str, batch: int, smoke: bool, device: torch.device) -> dict:
+    """Builds the variant and runs its first step (the compile warm-up, timed)."""
+    row: dict = {"variant": variant, "batch": batch}
+    if variant == "ssgan+cudagraph" and device.type != "cuda":
         return {**row, "status": "skipped: CUDA graphs need a CUDA device"}
-    if variant == "fused" and device.type == "cpu" and K.backend_for(torch.zeros(1)) == "torch":
-        return {**row, "status": "skipped: no Triton path on CPU without TRITON_INTERPRET=1"}
     try:
-        trainer = make_trainer(variant, batch, smoke, device)
-        with K.use_backend(trainer.cfg.kernels):
-            run = step_fn(trainer, variant)
-            ms = common.bench_ms(run, smoke)
-            peak = common.peak_memory_mb(run, device)
+        start = time.perf_counter()
+        run = step_fn(variant, batch, smoke, device)
+        run()
+        _sync(device)
+        row["warmup_s"] = time.perf_counter() - start
     except Exception as err:  # a variant that cannot run is reported, not fatal
         return {**row, "status": f"failed: {type(err).__name__}: {err}".splitlines()[0]}
+    return {**row, "status": "ok", "run": run}
+
+
+def measure(prepared: list[dict], device: torch.device, smoke: bool, rounds: int) -> None:
+    """Fills ``ms_per_step`` of every runnable variant: do_bench on a GPU; on a CPU, two
+    untimed warm-up rounds, then ``rounds`` interleaved rounds of one step per variant."""
+    ok = [p for p in prepared if p["status"] == "ok"]
+    if device.type == "cuda" and not smoke:
+        for p in ok:
+            p["ms_per_step"] = common.bench_ms(p["run"], device, smoke)
+        return
+    times: dict[str, list[float]] = {p["variant"]: [] for p in ok}
+    for r in range(2 + (2 if smoke else rounds)):
+        for p in ok:
+            start = time.perf_counter()
+            p["run"]()
+            if r >= 2:
+                times[p["variant"]].append(1000 * (time.perf_counter() - start))
+    for p in ok:
+        p["ms_per_step"] = statistics.median(times[p["variant"]])
+        q = statistics.quantiles(times[p["variant"]], n=4)
+        p["ms_q1"], p["ms_q3"] = q[0], q[2]
+
+
+def finish(p: dict, device: torch.device, flops: int, peak_tflops: float) -> dict:
+    run = p.pop("run", None)
+    if run is None:
+        return p
+    ms, batch = p["ms_per_step"], p["batch"]
     tflops = flops / ms / 1e9
-    return {**row, "status": "ok", "ms_per_step": ms, "images_per_s": batch / ms * 1e3,
-            "svhn_epoch_s": SVHN_TRAIN_IMAGES / batch * ms / 1e3, "peak_mem_mb": peak,
-            "gflop_per_step": flops / 1e9, "achieved_tflops": tflops,
-            "matmul_tflops": peak_tflops, "pct_matmul_peak": 100 * tflops / peak_tflops}
+    return {**p, "images_per_s": batch / ms * 1e3,
+            "svhn_epoch_s": SVHN_TRAIN_IMAGES / batch * ms / 1e3,
+            "peak_mem_mb": common.peak_memory_mb(run, device), "gflop_per_step": flops / 1e9,
+            "achieved_tflops": tflops, "matmul_tflops": peak_tflops,
+            "pct_matmul_peak": 100 * tflops / peak_tflops}
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """``speedup_vs_<baseline>``: baseline ms / variant ms, within the same batch size."""
+    for row in rows:
+        for base in BASELINES:
+            ref = next((r for r in rows if r["variant"] == base and r["batch"] == row["batch"]
+                        and "ms_per_step" in r), None)
+            if ref and "ms_per_step" in row:
+                row[f"speedup_vs_{base}"] = ref["ms_per_step"] / row["ms_per_step"]
 
 
 def plot(rows: list[dict], path) -> None:
@@ -121,20 +172,28 @@ def plot(rows: list[dict], path) -> None:
     import matplotlib.pyplot as plt
     ok = [r for r in rows if r["status"] == "ok"]
     batches = sorted({r["batch"] for r in ok})
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    width = 0.8 / max(1, len(VARIANTS))
-    for i, variant in enumerate(VARIANTS):
+    names = [v for v in VARIANTS if any(r["variant"] == v for r in ok)]
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
+    width = 0.8 / max(1, len(names))
+    for i, variant in enumerate(names):
         vals = [next((r["ms_per_step"] for r in ok if r["variant"] == variant
                       and r["batch"] == b), 0.0) for b in batches]
         ax.bar([j + i * width for j in range(len(batches))], vals, width, label=variant)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(batches))],
                   [f"batch {b}" for b in batches])
     ax.set_ylabel("ms per training step (lower is better)")
-    ax.set_title(f"training step, {rows[0]['gpu']}")
-    ax.legend()
+    threads = f", {rows[0]['threads']} threads" if rows[0]["threads"] else ""
+    ax.set_title(f"training step, {rows[0]['device']}{threads}")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+TABLE = {"variant": "variant", "batch": "batch", "ms_per_step": "ms/step (median)",
+         "speedup_vs_stock": "vs stock", "speedup_vs_stock+compile": "vs stock+compile",
+         "warmup_s": "first step, s", "peak_mem_mb": "peak MB", "pct_matmul_peak":
+         "% of matmul FLOP/s"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,19 +201,25 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(parser)
     parser.add_argument("--batches", nargs="+", type=int, default=None,
-                        help="batch sizes (default: 128 512; smoke: 8)")
+                        help="batch sizes (default: 128, plus 512 on a GPU; smoke: 8)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--rounds", type=int, default=30,
+                        help="CPU: timed interleaved rounds (default 30)")
     args = parser.parse_args(argv)
     device, env, out_dir = common.setup(args)
-    peak = matmul_tflops(args.smoke)
+    peak = common.matmul_tflops(device, args.smoke)
+    default_batches = [8] if args.smoke else ([128, 512] if device.type == "cuda" else [128])
     rows = []
-    for batch in args.batches or ([8] if args.smoke else [128, 512]):
+    for batch in args.batches or default_batches:
         flops = step_flops(batch, args.smoke, device)
-        for variant in args.variants:
-            row = {**run_variant(variant, batch, args.smoke, device, flops, peak), **env}
-            rows.append(row)
-            print({k: v for k, v in row.items() if k not in env})
+        prepared = [prepare(v, batch, args.smoke, device) for v in args.variants]
+        measure(prepared, device, args.smoke, args.rounds)
+        rows += [{**finish(p, device, flops, peak), **env} for p in prepared]
+    add_speedups(rows)
+    for row in rows:
+        print({k: v for k, v in row.items() if k not in env})
     common.write_csv(rows, out_dir / "train_step.csv")
+    (out_dir / "train_step.md").write_text(common.markdown_table(rows, TABLE))
     plot(rows, out_dir / "train_step.png")
     return 0
 

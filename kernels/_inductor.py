@@ -11,16 +11,13 @@ the ``torch`` path that really runs.
 """
 from __future__ import annotations
 
+import types
 import warnings
 from collections.abc import Callable
 
 import torch
 
-# One function is compiled once per dtype and flag combination (scale or not, dropout or not,
-# extra class or not ...); a test session meets more of them than Dynamo's default limit of 8.
-RECOMPILE_LIMIT = 64
-
-_compiled: dict[Callable, Callable] = {}
+_compiled: dict[tuple, Callable] = {}
 _failure: str | None = None
 
 
@@ -37,12 +34,12 @@ def call(fn: Callable, *args):
     args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
     with torch.no_grad():
         if _failure is None:
-            compiled = _compiled.get(fn)
+            key = (fn, *map(_signature, args))
+            compiled = _compiled.get(key)
             if compiled is None:
-                compiled = _compiled[fn] = torch.compile(fn, dynamic=True)
+                compiled = _compiled[key] = torch.compile(_own_code_copy(fn), dynamic=True)
             try:
-                with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                    return compiled(*args)
+                return compiled(*args)
             except torch._dynamo.exc.BackendCompilerFailed as err:
                 _failure = str(err).strip().splitlines()[0]
                 warnings.warn(
@@ -52,6 +49,24 @@ def call(fn: Callable, *args):
                     "torch backend explicitly (SSGAN_KERNELS=torch / --kernels torch) to "
                     "silence this.", RuntimeWarning, stacklevel=3)
         return fn(*args)
+
+
+def _signature(arg) -> object:
+    """What selects a compiled variant besides the shapes: dtypes, ranks, layouts, absent
+    arguments, flags, and whether a float is zero (p == 0 skips the dropout)."""
+    if isinstance(arg, torch.Tensor):
+        return arg.dtype, arg.dim(), arg.is_contiguous()
+    if isinstance(arg, float):
+        return arg == 0.0
+    return arg
+
+
+def _own_code_copy(fn: Callable) -> Callable:
+    """``fn`` with a code object of its own. Dynamo keeps its compiled variants and their guards
+    per code object and checks them one by one on every call: one copy per signature keeps
+    that list short (a cheap lookup, far from Dynamo's recompile limit)."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                              fn.__defaults__, fn.__closure__)
 
 
 def reset() -> None:

@@ -1,5 +1,4 @@
-"""The benchmarks run in their tiny smoke mode on CPU and write their CSVs; without a GPU and
-without --smoke they refuse to print CPU timings as results."""
+"""The benchmarks run in their tiny smoke mode and write their CSVs, tables and plots."""
 import csv
 
 import pytest
@@ -22,22 +21,41 @@ def test_kernel_bench_smoke(tmp_path):
     assert {r["mode"] for r in rows} == set(kernels.MODES)
     assert all(r["note"] == common.NOT_A_MEASUREMENT and float(r["median_ms"]) > 0 for r in rows)
     assert all(r["torch"] == torch.__version__ and r["command"] for r in rows)
+    ssgan = [r for r in rows if r["provider"] == "ssgan"]
+    assert all(float(r["speedup_vs_stock"]) > 0 and float(r["speedup_vs_stock+compile"]) > 0
+               for r in ssgan)
+    assert "| vs stock |" in (tmp_path / "kernels.md").read_text()
     assert list(tmp_path.glob("kernels_leaky_relu_dropout_*.png"))
 
 
 def test_train_step_bench_smoke(tmp_path):
-    assert train_step.main(["--smoke", "--out", str(tmp_path),
-                            "--variants", "eager", "fused", "fused+cudagraph"]) == 0
+    assert train_step.main(["--smoke", "--out", str(tmp_path), "--variants", "ssgan", "stock",
+                            "reference", "ssgan+cudagraph"]) == 0
     rows = {r["variant"]: r for r in read(tmp_path / "train_step.csv")}
-    assert rows["eager"]["status"] == "ok" and float(rows["eager"]["gflop_per_step"]) > 0
-    assert rows["fused"]["status"] == "ok"
-    assert "need a CUDA device" in rows["fused+cudagraph"]["status"]
+    for variant in ("ssgan", "stock", "reference"):
+        assert rows[variant]["status"] == "ok", rows[variant]["status"]
+        assert float(rows[variant]["gflop_per_step"]) > 0
+        assert float(rows[variant]["warmup_s"]) > 0 and float(rows[variant]["peak_mem_mb"]) > 0
+    assert float(rows["stock"]["speedup_vs_stock"]) == 1.0
+    assert "need a CUDA device" in rows["ssgan+cudagraph"]["status"]
     assert all(r["note"] == common.NOT_A_MEASUREMENT for r in rows.values())
     assert (tmp_path / "train_step.png").exists()
+    assert "| vs stock |" in (tmp_path / "train_step.md").read_text()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU refusal")
+def test_stock_step_trains_the_same_model_shape():
+    """The baseline must be the same model: equal parameter counts for D and G."""
+    from bench import stock
+    trainer = train_step.make_trainer("stock", 8, True, torch.device("cpu"))
+    g, d = stock.stock_models(trainer)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(g) == count(trainer.g) and count(d) == count(trainer.d)
+    losses = stock.stock_step(trainer, g, d, torch.arange(8))
+    assert torch.isfinite(losses["d_loss"]) and torch.isfinite(losses["g_loss"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 @pytest.mark.parametrize("module", [kernels, train_step])
-def test_without_gpu_and_without_smoke_refuses(module, tmp_path):
-    with pytest.raises(SystemExit, match="GPU numbers need one.*--smoke"):
-        module.main(["--out", str(tmp_path)])
+def test_cuda_without_a_gpu_is_a_clear_error(module, tmp_path):
+    with pytest.raises(SystemExit, match="no CUDA GPU is visible; use --device cpu"):
+        module.main(["--device", "cuda", "--out", str(tmp_path)])

@@ -1,0 +1,122 @@
+"""The baseline: the notebook's models and training step written with stock PyTorch, as a user
+would write them (``nn.BatchNorm2d``, ``F.leaky_relu``, ``F.dropout``, ``torch.logsumexp``,
+``F.cross_entropy``), with the same layers, hyper-parameters and simultaneous update as
+:class:`ssgan.train.Trainer`. Every speed ratio is taken against this and its
+``torch.compile``, never against ssgan's own reference twins.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssgan.data import to_unit_range
+from ssgan.models import BN_EPS
+from ssgan.train import Trainer
+
+
+class StockDiscriminator(nn.Module):
+    """Same layers as :class:`ssgan.models.Discriminator`, in stock modules."""
+
+    def __init__(self, in_channels=3, num_classes=10, size_mult=64, drop_rate=0.5, alpha=0.2):
+        super().__init__()
+        m = size_mult
+        self.alpha, self.drop_rate = alpha, drop_rate
+        self.conv1 = nn.Conv2d(in_channels, m, 3, 2, 1)
+        self.conv2 = nn.Conv2d(m, m, 3, 2, 1)
+        self.conv3 = nn.Conv2d(m, m, 3, 2, 1)
+        self.bn3 = nn.BatchNorm2d(m, eps=BN_EPS)
+        self.conv4 = nn.Conv2d(m, 2 * m, 3, 1, 1)
+        self.bn4 = nn.BatchNorm2d(2 * m, eps=BN_EPS)
+        self.conv5 = nn.Conv2d(2 * m, 2 * m, 3, 1, 1)
+        self.bn5 = nn.BatchNorm2d(2 * m, eps=BN_EPS)
+        self.conv7 = nn.Conv2d(2 * m, 2 * m, 3, 1, 0)
+        self.classifier = nn.Linear(2 * m, num_classes)
+
+    def forward(self, x):
+        act = lambda h: F.leaky_relu(h, self.alpha)
+        drop = lambda h, p: F.dropout(h, p, self.training)
+        h = drop(x, self.drop_rate / 2.5)
+        h = drop(act(self.conv1(h)), self.drop_rate)
+        h = act(self.conv2(h))
+        h = drop(act(self.bn3(self.conv3(h))), self.drop_rate)
+        h = act(self.bn4(self.conv4(h)))
+        h = act(self.bn5(self.conv5(h)))
+        h = act(self.conv7(h))
+        features = h.mean(dim=(2, 3))
+        class_logits = self.classifier(features)
+        return class_logits, torch.logsumexp(class_logits, 1), features
+
+
+class StockGenerator(nn.Module):
+    """Same layers as :class:`ssgan.models.Generator`, in stock modules."""
+
+    def __init__(self, z_dim=100, out_channels=3, image_size=32, size_mult=32, alpha=0.2):
+        super().__init__()
+        m, self.base, self.alpha = size_mult, image_size // 8, alpha
+        self.dense = nn.Linear(z_dim, self.base * self.base * 4 * m)
+        self.bn0 = nn.BatchNorm2d(4 * m, eps=BN_EPS)
+        self.deconv1 = nn.ConvTranspose2d(4 * m, 2 * m, 5, 2, 2, 1)
+        self.bn1 = nn.BatchNorm2d(2 * m, eps=BN_EPS)
+        self.deconv2 = nn.ConvTranspose2d(2 * m, m, 5, 2, 2, 1)
+        self.bn2 = nn.BatchNorm2d(m, eps=BN_EPS)
+        self.deconv3 = nn.ConvTranspose2d(m, out_channels, 5, 2, 2, 1)
+
+    def forward(self, z):
+        act = lambda h: F.leaky_relu(h, self.alpha)
+        h = self.dense(z).view(z.shape[0], -1, self.base, self.base)
+        h = act(self.bn0(h))
+        h = act(self.bn1(self.deconv1(h)))
+        h = act(self.bn2(self.deconv2(h)))
+        return torch.tanh(self.deconv3(h))
+
+
+def masked_cross_entropy(logits, labels, mask):
+    """The notebook's supervised term: CE summed over labeled rows / max(1, labeled rows)."""
+    ce = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
+    m = mask.float()
+    return (ce * m).sum() / m.sum().clamp_min(1.0)
+
+
+def stock_models(trainer: Trainer, compile_models: bool = False, channels_last: bool = False
+                 ) -> tuple[nn.Module, nn.Module]:
+    """Stock G and D shaped like ``trainer``'s, on its device, optionally ``torch.compile``d or
+    in the channels-last layout; ``trainer``'s optimizers are rebuilt over their parameters."""
+    cfg, data = trainer.cfg, trainer.data
+    g = StockGenerator(cfg.z_dim, data.channels, data.image_size, cfg.g_size_mult, cfg.alpha)
+    d = StockDiscriminator(data.channels, data.num_classes, cfg.d_size_mult, cfg.drop_rate,
+                           cfg.alpha)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    g = g.to(trainer.device, memory_format=layout)
+    d = d.to(trainer.device, memory_format=layout)
+    if channels_last:
+        trainer.data.train.images = trainer.data.train.images.contiguous(memory_format=layout)
+    betas = (cfg.beta1, 0.999)
+    trainer.opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=betas)
+    trainer.opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=betas)
+    if compile_models:
+        g, d = torch.compile(g), torch.compile(d)
+    return g, d
+
+
+def stock_step(trainer: Trainer, g: nn.Module, d: nn.Module, idx: torch.Tensor) -> dict:
+    """One simultaneous update of stock D and G, as :meth:`Trainer.step` does it."""
+    cfg = trainer.cfg
+    real = to_unit_range(trainer.data.train.images[idx])
+    labels = trainer.train_labels[idx]
+    fake = g(torch.rand(cfg.batch_size, cfg.z_dim, device=trainer.device) * 2 - 1)
+    class_real, gan_real, feat_real = d(real)
+    _, gan_fake, feat_fake = d(fake)
+    d_loss = (masked_cross_entropy(class_real, labels, labels >= 0)
+              + F.binary_cross_entropy_with_logits(gan_real, torch.ones_like(gan_real))
+              + F.binary_cross_entropy_with_logits(gan_fake, torch.zeros_like(gan_fake)))
+    g_loss = (feat_real.mean(0) - feat_fake.mean(0)).abs().mean()
+    d_params, g_params = list(d.parameters()), list(g.parameters())
+    d_grads = torch.autograd.grad(d_loss, d_params, retain_graph=True)
+    g_grads = torch.autograd.grad(g_loss, g_params)
+    for params, grads in ((d_params, d_grads), (g_params, g_grads)):
+        for p, grad in zip(params, grads):
+            p.grad = grad
+    trainer.opt_d.step()
+    trainer.opt_g.step()
+    return {"d_loss": d_loss, "g_loss": g_loss}
