@@ -1,7 +1,8 @@
 from setuptools import setup
 
-# torch is deliberately a range that any installed build satisfies: install torch first
-# (see README) so pip never swaps a CPU build for a multi-GB CUDA one.
+# torch and torchvision are pinned to the exact releases the project is tested on. Install them
+# first (see README): a local build of the same version (e.g. 2.14.1+cpu) satisfies the pin, so
+# pip never swaps a CPU build for a multi-GB CUDA one behind the user's back.
 setup(
     name="ssgan",
     version="0.1.0",
@@ -9,8 +10,8 @@ setup(
     python_requires=">=3.10",
     packages=["ssgan", "ssgan.kernels"],
     package_dir={"ssgan": "ssgan", "ssgan.kernels": "kernels"},
-    install_requires=["torch>=2.4", "triton>=3.0", "numpy", "scipy", "tqdm", "matplotlib",
-                      "pillow"],
+    install_requires=["torch==2.14.1", "torchvision==0.29.1", "triton>=3.0", "numpy", "scipy",
+                      "tqdm", "matplotlib", "pillow"],
     extras_require={"dev": ["pytest"]},
     entry_points={"console_scripts": ["ssgan=ssgan.cli:main"]},
 )

@@ -47,7 +47,8 @@ HELP = {
     "eval_batch_size": "batch size of evaluation with --eval-bn running",
     "seed": "random seed (labels, batches, noise, dropout)",
     "device": "auto, cpu, cuda or cuda:N",
-    "kernels": "auto (Triton on CUDA, twins on CPU), triton or torch",
+    "kernels": "auto (Triton on CUDA, Inductor-compiled twins on CPU), triton, inductor, or "
+               "torch (the eager twins: the slow reference)",
     "resume": "continue the run in --out-dir/--name from its last checkpoint",
 }
 NEGATED = {"download": "--no-download", "verify_md5": "--skip-md5", "progress": "--no-progress"}

@@ -72,6 +72,12 @@ class TrainConfig:
         return Path(self.out_dir) / (self.name or f"{self.dataset}-{self.labels}labels")
 
 
+def inductor_cache_dir() -> str:
+    """Where Inductor keeps compiled kernels between runs (``TORCHINDUCTOR_CACHE_DIR``)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    return cache_dir()
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -172,6 +178,7 @@ class Trainer:
         self.fixed_z = (torch.rand(64, cfg.z_dim, generator=torch.Generator().manual_seed(
             cfg.seed + 1)) * 2 - 1).to(self.device)
         self.epoch = 0
+        self._warmup_pending = False  # set by _announce when the first step compiles kernels
         self.history: list[dict] = []
         self.run_dir = cfg.run_dir()
 
@@ -254,11 +261,17 @@ class Trainer:
         """One line saying what is about to run, so a user can catch a wrong setup early."""
         data, cfg = self.data, self.cfg
         test = len(data.test) if data.test is not None else 0
+        kernels = K.backend_for(data.train.images)
         tqdm.write(f"ssgan: {cfg.dataset} {len(data.train)} train images "
                    f"({self.labeled_idx.numel()} labeled, {data.num_classes} classes), {test} test"
-                   f" | device {self.device}, kernels {K.backend_for(data.train.images)}"
+                   f" | device {self.device}, kernels {kernels}"
                    f" | {len(data.train) // cfg.batch_size} steps/epoch, epochs "
                    f"{self.epoch + 1}..{cfg.epochs} | {self.run_dir}")
+        self._warmup_pending = kernels != "torch"
+        if kernels == "inductor":
+            tqdm.write("ssgan: the first steps compile the CPU kernels with torch.compile "
+                       "(about a minute the first time; Inductor caches them in "
+                       f"{inductor_cache_dir()} for later runs)")
 
     def _train_epoch(self) -> None:
         cfg, n = self.cfg, len(self.data.train)
@@ -273,6 +286,10 @@ class Trainer:
         start = time.perf_counter()
         for i in bar:
             losses = self.step(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+            if self._warmup_pending:
+                self._warmup_pending = False
+                tqdm.write(f"ssgan: first step took {time.perf_counter() - start:.1f} s "
+                           "(compilation included); the rest run at full speed")
             # one host sync per step: the finiteness check and the progress bar share it
             *values, step_hits, step_labeled = torch.stack(
                 [losses[k].detach().float() for k in (*sums, "hits", "labeled")]).tolist()

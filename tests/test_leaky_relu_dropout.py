@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import ssgan.kernels as K
+from conftest import KERNEL_PATH
 from ssgan.kernels import reference as ref
 from helpers import LOW_PRECISION, assert_close_to_truth, away_from_zero, randn
 
@@ -139,14 +140,24 @@ def test_seed_determinism_and_manual_seed(backend, device):
     assert not torch.equal(b, c)
 
 
-def test_same_mask_on_kernel_and_twin(device):
-    """Equal seeds give equal masks on every backend: the kernel path against the twin."""
+@pytest.mark.parametrize("path", [KERNEL_PATH, "inductor"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_same_mask_on_every_path_as_the_eager_twin(device, monkeypatch, path, channels_last):
+    """Equal seeds give bit-identical masks, forward and backward, on the Triton path and the
+    Inductor path as on the eager twin (the reference)."""
+    monkeypatch.setenv("SSGAN_KERNELS", "triton" if path == KERNEL_PATH else path)
     x = randn(8, 5, 7, 3, device=device).abs() + 0.1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert K.backend_for(x) == path
     for seed in (0, 1, 123456789, 2**40 + 17, 2**63 - 1):
-        kernel = K.leaky_relu_dropout(x, p=0.3, seed=seed)
+        leaf = x.clone().requires_grad_()
+        out = K.leaky_relu_dropout(leaf, p=0.3, seed=seed)
+        out.backward(torch.ones_like(out))
         twin = ref.leaky_relu_dropout(x, p=0.3, seed=seed)
-        assert torch.equal(kernel != 0, twin != 0), seed
-        torch.testing.assert_close(kernel, twin)
+        assert torch.equal(out != 0, twin != 0), seed
+        assert torch.equal(leaf.grad != 0, twin != 0), seed
+        torch.testing.assert_close(out, twin)
 
 
 def test_eval_mode_and_p_zero_do_not_drop(backend, device):
