@@ -6,21 +6,22 @@ copies from the host after loading.
 """
 from __future__ import annotations
 
-import gzip
-import hashlib
-import struct
-import urllib.request
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
+import torchvision
+from PIL import Image
+from torchvision.datasets import folder as tv_folder
+from torchvision.datasets import mnist as tv_mnist
+from torchvision.datasets.utils import (calculate_md5, check_integrity, download_url,
+                                        extract_archive)
+from torchvision.transforms.functional import pil_to_tensor
 
-SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
-SVHN_FILES = {"train": ("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373"),
-              "test": ("test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3")}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SVHN_FILES = {split: (name, md5) for split, (_, name, md5)
+              in torchvision.datasets.SVHN.split_list.items() if split != "extra"}
+SVHN_URL = torchvision.datasets.SVHN.split_list["train"][0].rsplit("/", 1)[0] + "/"
 UNLABELED = -1
 
 
@@ -67,148 +68,126 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- SVHN
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+class _SVHN(torchvision.datasets.SVHN):
+    """torchvision's SVHN reader (MD5 check, label 10 -> 0), which with ``--skip-md5`` accepts
+    a user's own .mat file under the official name."""
+
+    def __init__(self, root: Path, split: str, verify_md5: bool):
+        self.verify_md5 = verify_md5
+        super().__init__(str(root), split=split)
+
+    def _check_integrity(self) -> bool:
+        path = Path(self.root) / self.filename
+        return check_integrity(str(path), self.file_md5 if self.verify_md5 else None)
 
 
-def _download(url: str, dest: Path) -> None:
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    with urllib.request.urlopen(url, timeout=30) as response:
-        total = int(response.headers.get("Content-Length", 0)) or None
-        with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True,
-                                        desc=f"download {dest.name}") as bar:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                f.write(chunk)
-                bar.update(len(chunk))
-    tmp.replace(dest)
-
-
-def _svhn_file(data_dir: Path, split: str, download: bool, verify_md5: bool) -> Path:
-    name, expected_md5 = SVHN_FILES[split]
+def _svhn_split(data_dir: Path, split: str, download: bool, verify_md5: bool) -> Split:
+    name, md5 = SVHN_FILES[split]
     path = data_dir / name
+    how = (f"Download {SVHN_URL}{name} into {data_dir}, or point --data-dir at the folder "
+           "that holds it")
     if not path.exists():
-        how = (f"Download {SVHN_URL}{name} into {data_dir}, or point --data-dir at the folder "
-               "that holds it")
         if not download:
             raise DataError(f"SVHN file {path} is missing (and --no-download is set). {how}.")
-        data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            _download(SVHN_URL + name, path)
-        except OSError as err:
+            download_url(SVHN_URL + name, str(data_dir), name)  # with a progress bar
+        except OSError as err:  # URLError, HTTPError, a full disk ...
+            path.unlink(missing_ok=True)
             raise DataError(f"SVHN file {path} is missing and downloading {SVHN_URL}{name} "
                             f"failed ({err}). {how}; --no-download skips the attempt.") from None
-    if verify_md5:
-        actual = md5sum(path)
-        if actual != expected_md5:
-            raise DataError(f"{path} has MD5 {actual}, but the official file has {expected_md5}: "
-                            "it is truncated, corrupt or not the official SVHN file. Delete it "
-                            "and download it again, or pass --skip-md5 for your own .mat files.")
-    return path
-
-
-def _load_svhn_mat(path: Path) -> Split:
-    import scipy.io
     try:
-        mat = scipy.io.loadmat(path)
-        x, y = mat["X"], mat["y"]
-    except Exception as err:  # scipy raises many types for a damaged file
+        ds = _SVHN(data_dir, split, verify_md5)
+    except RuntimeError:  # torchvision: "not found or corrupted", i.e. the MD5 differs
+        raise DataError(f"{path} has MD5 {calculate_md5(str(path))}, but the official file has "
+                        f"{md5}: it is truncated, corrupt or not the official SVHN file. Delete "
+                        "it and download it again, or pass --skip-md5 for your own .mat "
+                        "files.") from None
+    except Exception as err:  # scipy raises many types for a damaged file, numpy for a bad layout
         raise DataError(f"{path} is not a readable SVHN .mat file ({type(err).__name__}: {err}); "
-                        "delete it and download it again") from None
-    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.reshape(-1).shape[0] != x.shape[3]:
-        raise DataError(f"{path} holds X {x.shape} and y {y.shape}; expected X (32, 32, 3, N) "
-                        "and y (N, 1)")
-    labels = y.reshape(-1).astype(np.int64)
-    if labels.min() < 1 or labels.max() > 10:
-        raise DataError(f"{path} has labels outside 1..10 (found {labels.min()}..{labels.max()})")
-    labels[labels == 10] = 0  # SVHN stores digit 0 as class 10
-    images = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1)))
-    return Split(images.to(torch.uint8), torch.from_numpy(labels))
+                        "expected X (32, 32, 3, N) and y (N, 1); delete it and download it "
+                        "again, or point --data-dir at a good copy") from None
+    if ds.data.shape[1:] != (3, 32, 32) or ds.labels.shape != (ds.data.shape[0],):
+        raise DataError(f"{path} holds images {ds.data.shape[1:]} and {ds.labels.shape} labels; "
+                        "expected X (32, 32, 3, N) and y (N, 1)")
+    labels = torch.from_numpy(ds.labels)
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path} has labels outside 1..10 (found up to {int(labels.max())})")
+    return Split(torch.from_numpy(ds.data).to(torch.uint8).contiguous(), labels)
 
 
 def load_svhn(data_dir: str | Path, *, download: bool = True, verify_md5: bool = True) -> Dataset:
     """SVHN from ``train_32x32.mat``/``test_32x32.mat``: uint8 (N, 3, 32, 32), labels 0..9."""
     data_dir = Path(data_dir)
-    train = _load_svhn_mat(_svhn_file(data_dir, "train", download, verify_md5))
-    test = _load_svhn_mat(_svhn_file(data_dir, "test", download, verify_md5))
-    return Dataset(train, test, 10, [str(d) for d in range(10)])
+    return Dataset(*(_svhn_split(data_dir, split, download, verify_md5)
+                     for split in ("train", "test")), 10, [str(d) for d in range(10)])
 
 
 # ---------------------------------------------------------------- MNIST (IDX)
 
-def _read_idx(path: Path, expected_ndim: int) -> np.ndarray:
+def _read_idx(path: Path, reader) -> torch.Tensor:
+    """An IDX file, gzipped or not, through torchvision's reader."""
     if not path.exists():
         raise DataError(f"MNIST file {path} is missing; point --data-dir at the folder holding "
                         "it, or set --mnist-train-prefix/--mnist-test-prefix to its name prefix")
     try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
-        zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-        dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-        if zero != 0 or dtype_code != 0x08 or ndim != expected_ndim:
-            raise ValueError(f"header says type 0x{dtype_code:02x} with {ndim} dims")
-        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-        return data.reshape(dims)
-    except (OSError, EOFError, ValueError, struct.error) as err:
-        raise DataError(f"{path} is not a valid gzipped IDX file ({err}); it is truncated or "
-                        "corrupt: replace it") from None
+        if path.suffix != ".gz":
+            return reader(str(path))
+        with tempfile.TemporaryDirectory() as tmp:
+            return reader(extract_archive(str(path), tmp))
+    except (OSError, EOFError, ValueError, AssertionError, RuntimeError) as err:
+        raise DataError(f"{path} is not a valid IDX file ({type(err).__name__}: {err}); it is "
+                        "truncated or corrupt: replace it, or point --data-dir at a good "
+                        "copy") from None
 
 
-def _load_mnist_split(data_dir: Path, prefix: str) -> Split:
-    images = _read_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz", 3)
-    labels = _read_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz", 1)
+def _mnist_split(data_dir: Path, prefix: str) -> Split:
+    def find(kind: str) -> Path:
+        raw = data_dir / f"{prefix}-{kind}"
+        return raw if raw.exists() else raw.with_name(raw.name + ".gz")
+    images = _read_idx(find("images-idx3-ubyte"), tv_mnist.read_image_file)
+    labels = _read_idx(find("labels-idx1-ubyte"), tv_mnist.read_label_file)
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{prefix}: {images.shape[0]} images but {labels.shape[0]} labels")
-    padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))  # 28x28 -> 32x32, as the model expects
-    return Split(torch.from_numpy(padded).unsqueeze(1).contiguous(),
-                 torch.from_numpy(labels.astype(np.int64)))
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))  # 28x28 -> 32x32, as the model expects
+    return Split(padded.unsqueeze(1).contiguous(), labels.long())
 
 
 def load_mnist(data_dir: str | Path, *, train_prefix: str = "train",
                test_prefix: str = "t10k") -> Dataset:
-    """MNIST from IDX ``.gz`` files named ``{prefix}-images-idx3-ubyte.gz`` etc., padded to
-    uint8 (N, 1, 32, 32). ``train_prefix="train-5k"`` reads the 5k subset."""
+    """MNIST from IDX files named ``{prefix}-images-idx3-ubyte[.gz]`` etc., padded to uint8
+    (N, 1, 32, 32). ``train_prefix="train-5k"`` reads the 5k subset."""
     data_dir = Path(data_dir)
-    return Dataset(_load_mnist_split(data_dir, train_prefix),
-                   _load_mnist_split(data_dir, test_prefix), 10, [str(d) for d in range(10)])
+    return Dataset(_mnist_split(data_dir, train_prefix), _mnist_split(data_dir, test_prefix), 10,
+                   [str(d) for d in range(10)])
 
 
 # ---------------------------------------------------------------- image folders
 
-def _read_images(files: list[Path], size: int, channels: int, desc: str) -> torch.Tensor:
-    from PIL import Image
+def _read_images(samples: list[tuple[str, int]], size: int, channels: int) -> Split:
+    """torchvision's image loader, converted to ``channels`` and resized to ``size``."""
     mode = "L" if channels == 1 else "RGB"
-    out = np.empty((len(files), size, size, channels), dtype=np.uint8)
-    for i, f in enumerate(tqdm(files, desc=desc, leave=False, disable=len(files) < 500)):
+    images = torch.empty(len(samples), channels, size, size, dtype=torch.uint8)
+    for i, (path, _) in enumerate(samples):
         try:
-            with Image.open(f) as img:
-                img = img.convert(mode).resize((size, size), Image.BILINEAR)
+            img = tv_folder.default_loader(path).convert(mode).resize((size, size),
+                                                                      Image.BILINEAR)
         except OSError as err:
-            raise DataError(f"cannot read image {f} ({err}); remove or replace it") from None
-        out[i] = np.asarray(img).reshape(size, size, channels)
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+            raise DataError(f"cannot read image {path} ({err}); remove or replace it") from None
+        images[i] = pil_to_tensor(img)
+    return Split(images, torch.tensor([label for _, label in samples], dtype=torch.int64))
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+def _class_folders(root: Path) -> list[str]:
+    try:
+        return tv_folder.find_classes(str(root))[0]
+    except FileNotFoundError:  # torchvision's answer for a folder without subfolders
+        return []
 
 
-def _folder_split(root: Path, class_names: list[str], size: int, channels: int,
-                  with_unlabeled: bool) -> Split:
-    files, labels = [], []
-    for label, name in enumerate(class_names):
-        found = _image_files(root / name)
-        files += found
-        labels += [label] * len(found)
-    if with_unlabeled and (root / "unlabeled").is_dir():
-        found = _image_files(root / "unlabeled")
-        files += found
-        labels += [UNLABELED] * len(found)
-    return Split(_read_images(files, size, channels, f"images in {root.name}"),
-                 torch.tensor(labels, dtype=torch.int64))
+def _scan(root: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """torchvision's folder scan (its image extensions), classes in ``class_to_idx`` order."""
+    return tv_folder.make_dataset(str(root), class_to_idx, tv_folder.IMG_EXTENSIONS,
+                                  allow_empty=True)
 
 
 def load_image_folder(root: str | Path, *, image_size: int = 32, channels: int = 3) -> Dataset:
@@ -218,22 +197,24 @@ def load_image_folder(root: str | Path, *, image_size: int = 32, channels: int =
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist; point --data-dir at a folder with "
                         "one subfolder per class and an optional unlabeled/ subfolder")
-    class_names = sorted(p.name for p in root.iterdir()
-                         if p.is_dir() and p.name not in ("unlabeled", "test"))
+    class_names = [c for c in _class_folders(root) if c not in ("unlabeled", "test")]
     if not class_names:
         raise DataError(f"{root} has no class subfolders; expected {root}/<class>/*.png and "
                         f"optionally {root}/unlabeled/")
-    train = _folder_split(root, class_names, image_size, channels, with_unlabeled=True)
-    if len(train) == 0:
-        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    class_to_idx = {name: i for i, name in enumerate(class_names)}
+    samples = _scan(root, class_to_idx)
+    if (root / "unlabeled").is_dir():
+        samples += _scan(root, {"unlabeled": UNLABELED})
+    if not samples:
+        raise DataError(f"no images ({', '.join(tv_folder.IMG_EXTENSIONS)}) found under {root}")
     test = None
     if (root / "test").is_dir():
-        extra = sorted(p.name for p in (root / "test").iterdir()
-                       if p.is_dir() and p.name not in class_names)
+        extra = sorted(set(_class_folders(root / "test")) - set(class_names))
         if extra:
             raise DataError(f"{root}/test has classes {extra} that the training folders lack")
-        test = _folder_split(root / "test", class_names, image_size, channels, False)
-    return Dataset(train, test, len(class_names), class_names)
+        test = _read_images(_scan(root / "test", class_to_idx), image_size, channels)
+    return Dataset(_read_images(samples, image_size, channels), test, len(class_names),
+                   class_names)
 
 
 def load_dataset(name: str, data_dir: str | Path, *, download: bool = True,

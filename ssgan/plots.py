@@ -4,27 +4,17 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
+from torchvision.utils import save_image
 
 
 def image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Saves float images (N, C, H, W) in [-1, 1] as one PNG grid; returns the path."""
-    from PIL import Image
-    images = images.detach().float().cpu().clamp(-1, 1)
-    n, c, h, w = images.shape
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
-    ncol = int(math.ceil(n / nrow))
-    pad = 2
-    grid = np.zeros((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
-    pixels = ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[y:y + h, x:x + w] = pixels[i]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[:, :, 0] if c == 1 else grid).save(path)
+    nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
+    save_image(images.detach().float().cpu(), path, nrow=nrow, normalize=True,
+               value_range=(-1, 1))
     return path
 
 
