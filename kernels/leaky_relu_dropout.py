@@ -300,5 +300,7 @@ def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float
     drop = float(p) if training else 0.0
     seed_tensor = (_checks.resolve_seed(seed, x.device) if drop > 0
                    else torch.zeros(1, dtype=torch.int64, device=x.device))
+    # the kernels index scale and shift with stride 1 (C elements: the copy is free)
+    scale, shift = (v.contiguous() if v is not None else None for v in (scale, shift))
     return LeakyReLUDropoutFunction.apply(x, scale, shift, seed_tensor, float(negative_slope),
                                           drop, backend)

@@ -180,4 +180,6 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
     backend = backend_for(logits)
     if backend == "torch":
         return reference.masked_cross_entropy(logits, target, mask)
-    return MaskedCrossEntropyFunction.apply(logits, target.long(), weight.contiguous(), backend)
+    # the kernels index target and weight with stride 1
+    return MaskedCrossEntropyFunction.apply(logits, target.long().contiguous(),
+                                            weight.contiguous(), backend)

@@ -7,12 +7,14 @@ checkpoint. A resumed run continues bit-exactly on CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,14 +116,28 @@ def eval_batch_size(cfg: TrainConfig) -> int:
     return cfg.batch_size if cfg.eval_bn == "batch" else cfg.eval_batch_size
 
 
-def prepare_eval_bn(d: Discriminator, cfg: TrainConfig,
-                    train_images: torch.Tensor) -> None:
-    """For ``--eval-bn recalibrated``, re-estimates D's BatchNorm statistics on all real
-    training images (uint8 (N, C, H, W)) with dropout off; a no-op for the other modes."""
-    if cfg.eval_bn == "recalibrated":
-        bs = cfg.eval_batch_size
-        d.recalibrate_bn(to_unit_range(train_images[i:i + bs])
-                         for i in range(0, train_images.shape[0], bs))
+@contextlib.contextmanager
+def eval_bn_statistics(d: Discriminator, cfg: TrainConfig,
+                       train_images: torch.Tensor) -> Iterator[None]:
+    """The BatchNorm statistics evaluation uses, for the duration of a block.
+
+    ``--eval-bn recalibrated`` re-estimates D's statistics on all real training images (uint8
+    (N, C, H, W)) with dropout off, then restores the training-time running statistics, so
+    that checkpoints (and ``ssgan eval --eval-bn running``) keep them. A no-op for the other
+    modes."""
+    if cfg.eval_bn != "recalibrated":
+        yield
+        return
+    saved = {name: buf.clone() for name, buf in d.named_buffers()}
+    bs = cfg.eval_batch_size
+    d.recalibrate_bn(to_unit_range(train_images[i:i + bs])
+                     for i in range(0, train_images.shape[0], bs))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, buf in d.named_buffers():
+                buf.copy_(saved[name])
 
 
 @torch.no_grad()
@@ -317,11 +333,11 @@ class Trainer:
     def _evaluate(self, sums: dict, steps: int, epoch_s: float) -> dict:
         cfg, data = self.cfg, self.data
         eval_bs = eval_batch_size(cfg)
-        prepare_eval_bn(self.d, cfg, data.train.images)
-        train_acc = accuracy(self.d, data.train.images[self.labeled_idx],
-                             data.train.labels[self.labeled_idx], eval_bs, data.num_classes)
-        test_acc = (accuracy(self.d, data.test.images, data.test.labels, eval_bs,
-                             data.num_classes) if data.test is not None else float("nan"))
+        with eval_bn_statistics(self.d, cfg, data.train.images):
+            train_acc = accuracy(self.d, data.train.images[self.labeled_idx],
+                                 data.train.labels[self.labeled_idx], eval_bs, data.num_classes)
+            test_acc = (accuracy(self.d, data.test.images, data.test.labels, eval_bs,
+                                 data.num_classes) if data.test is not None else float("nan"))
         row = {"epoch": self.epoch, "lr": self.opt_d.param_groups[0]["lr"],
                "d_loss": sums["d_loss"] / steps, "g_loss": sums["g_loss"] / steps,
                "supervised_loss": sums["supervised"] / steps, "train_accuracy": train_acc,
@@ -417,8 +433,9 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto",
     data = data.to(dev)
     _, d = build_models(cfg, data, dev)
     d.load_state_dict(state["discriminator"])
-    prepare_eval_bn(d, cfg, data.train.images)
-    acc = accuracy(d, data.test.images, data.test.labels, eval_batch_size(cfg), data.num_classes)
+    with eval_bn_statistics(d, cfg, data.train.images):
+        acc = accuracy(d, data.test.images, data.test.labels, eval_batch_size(cfg),
+                       data.num_classes)
     return {"checkpoint": str(path), "epoch": state["epoch"], "eval_bn": cfg.eval_bn,
             "test_examples": len(data.test), "test_accuracy": acc}
 

@@ -215,3 +215,21 @@ def test_bad_tensors(backend, device):
     with pytest.raises(ValueError, match="same device"):
         K.leaky_relu_dropout(torch.ones(3, 4, device=device),
                              scale=torch.ones(4, device="meta"))
+
+
+def test_strided_scale_and_shift_views(backend, device):
+    """scale/shift views with stride 2 give the results (and gradients) of contiguous copies."""
+    x = randn(3, 6, 4, 5, device=device)
+    wide_scale = (randn(12, device=device) + 1.5).requires_grad_()
+    wide_shift = randn(12, device=device).requires_grad_()
+    assert K.backend_for(x) == backend
+    y = K.leaky_relu_dropout(x, p=0.3, seed=5, scale=wide_scale[::2], shift=wide_shift[1::2])
+    y.backward(torch.ones_like(y))
+    dense = [t.detach()[sl].clone().requires_grad_()
+             for t, sl in ((wide_scale, slice(0, None, 2)), (wide_shift, slice(1, None, 2)))]
+    truth = ref.leaky_relu_dropout(x, p=0.3, seed=5, scale=dense[0], shift=dense[1])
+    truth.backward(torch.ones_like(truth))
+    torch.testing.assert_close(y, truth)
+    torch.testing.assert_close(wide_scale.grad[::2], dense[0].grad)
+    torch.testing.assert_close(wide_shift.grad[1::2], dense[1].grad)
+    assert wide_scale.grad[1::2].abs().max() == 0

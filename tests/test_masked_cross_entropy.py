@@ -57,7 +57,8 @@ def test_matches_fp64_truth(backend, device, dtype, batch, classes):
     truth = _truth(z64, target, mask)
     truth.backward()
     assert loss.dtype == torch.float32 and loss.dim() == 0
-    assert_close_to_truth(loss, truth, torch.float32 if dtype == torch.float32 else dtype)
+    # the loss is fp32 whatever the logits' dtype: it gets fp32's tolerance
+    assert_close_to_truth(loss, truth, torch.float32)
     assert logits.grad.dtype == dtype
     assert_close_to_truth(logits.grad, z64.grad, dtype)
 
@@ -100,13 +101,41 @@ def test_extreme_logits(backend, device, dtype):
     torch.testing.assert_close(loss.double(), truth, rtol=1e-4, atol=1e-2)
 
 
-def test_masked_rows_with_nonfinite_logits_are_ignored(backend, device):
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_masked_rows_with_nonfinite_logits_are_ignored(backend, device, bad):
+    """A masked row's inf or nan reaches neither the loss nor any gradient, on every path."""
     logits, target, mask = _batch(8, 10, torch.float32, device)
     mask[:] = True
     mask[5] = False
     target = target.clamp_min(0)
-    logits[5] = float("inf")
-    assert torch.isfinite(K.masked_cross_entropy(logits, target, mask))
+    clean = logits.clone()
+    logits[5] = bad
+    leaf = logits.clone().requires_grad_()
+    assert K.backend_for(leaf) == backend
+    loss = K.masked_cross_entropy(leaf, target, mask)
+    loss.backward()
+    z64 = clean.double().requires_grad_()
+    truth = _truth(z64, target, mask)
+    truth.backward()
+    assert_close_to_truth(loss, truth, torch.float32)
+    assert torch.equal(leaf.grad[5], torch.zeros_like(leaf.grad[5]))
+    assert_close_to_truth(leaf.grad, z64.grad, torch.float32)
+
+
+def test_strided_target_and_logits_views(backend, device):
+    """Views with strides other than 1 (a column of a pair tensor, every other row) must give
+    the contiguous copies' results."""
+    logits, target, mask = _batch(12, 10, torch.float32, device)
+    pairs = torch.stack([target, torch.randint(0, 10, (12,), device=device)], dim=1)
+    wide = torch.randn(12, 20, device=device)
+    wide[:, ::2] = logits
+    assert K.backend_for(logits) == backend
+    strided = K.masked_cross_entropy(wide[:, ::2], pairs[:, 0], mask)
+    dense = K.masked_cross_entropy(logits, target, mask)
+    torch.testing.assert_close(strided, dense)
+    weights, labels = torch.rand(24, device=device)[::2], target.clamp_min(0)
+    torch.testing.assert_close(K.masked_cross_entropy(logits, labels, weights),
+                               K.masked_cross_entropy(logits, labels, weights.contiguous()))
 
 
 def test_deterministic(backend, device):

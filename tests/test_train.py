@@ -126,3 +126,18 @@ def test_supervised_signal_learns_the_tiny_task(tmp_path):
 def test_bad_config_names_the_flag(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         T.Trainer(tiny_config(tmp_path, **overrides), tiny_dataset())
+
+
+def test_recalibrated_evaluation_keeps_the_training_running_statistics(tmp_path):
+    """--eval-bn recalibrated only borrows re-estimated statistics for evaluating: the
+    checkpoint holds the running statistics training gathered, as a run evaluated with
+    --eval-bn running does (training itself never reads them)."""
+    data = tiny_dataset()
+    T.train(tiny_config(tmp_path / "recal", eval_bn="recalibrated", epochs=1), data)
+    T.train(tiny_config(tmp_path / "running", eval_bn="running", epochs=1), data)
+    states = [torch.load(tmp_path / name / "run" / "checkpoints" / "last.pt",
+                         weights_only=True)["discriminator"] for name in ("recal", "running")]
+    buffers = [k for k in states[0] if "running_" in k or "num_batches" in k]
+    assert buffers
+    for k in buffers:
+        assert torch.equal(states[0][k], states[1][k]), k
