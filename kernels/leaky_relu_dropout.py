@@ -139,7 +139,7 @@ class _Launch:
         n = x.shape[0]
         c = x.shape[1] if x.dim() > 1 else 1
         s = x.numel() // max(1, n * c)
-        channels_last = _is_channels_last(x)
+        channels_last = reference.is_channels_last(x)
         if channels_last:
             block_b = min(triton.next_power_of_2(c), MAX_CHANNEL_BLOCK)
             block_a = min(max(1, BLOCK_ELEMENTS // block_b), triton.next_power_of_2(n * s))
@@ -156,18 +156,11 @@ class _Launch:
         return self.R, self.C, self.S, self.num_s_blocks
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
-    """True when channels are the fastest-moving dim (every contiguous 2-D tensor qualifies)."""
-    if x.dim() <= 2:
-        return x.is_contiguous()
-    return x.movedim(1, -1).is_contiguous()
-
-
 def _native_layout(t: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
     """``t`` in a layout the kernels read; a copy only when it has neither layout (or not the
     one asked for)."""
     if channels_last is None:
-        if t.is_contiguous() or _is_channels_last(t):
+        if t.is_contiguous() or reference.is_channels_last(t):
             return t
         return t.contiguous()
     if channels_last and t.dim() > 2:
@@ -211,7 +204,7 @@ def _forward_op(x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[
 
 @_forward_op.register_fake
 def _(x, scale, shift, seed, negative_slope, p, backend):
-    return torch.empty_like(x)
+    return reference.output_like(x)
 
 
 @torch.library.custom_op("ssgan::leaky_relu_dropout_bwd", mutates_args=())
@@ -254,7 +247,7 @@ def _(dy, x, scale, shift, seed, negative_slope, p, affine_grads, backend):
         else x.new_empty(0)
     dshift = shift.new_empty(shift.shape) if (affine_grads and shift is not None) \
         else x.new_empty(0)
-    return torch.empty_like(x), dscale, dshift
+    return reference.output_like(x), dscale, dshift
 
 
 class LeakyReLUDropoutFunction(torch.autograd.Function):
@@ -289,7 +282,8 @@ def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float
     ``training`` is False or p == 0.
     seed: int in [0, 2**63), a one-element int64 tensor, or None to draw one from torch's
     generator. Equal seeds and shapes give equal masks on every backend.
-    Returns y with x's shape, dtype and memory layout. Differentiable in x, scale and shift.
+    Returns y with x's shape and dtype, in x's memory layout when x is contiguous or
+    channels-last, contiguous otherwise. Differentiable in x, scale and shift.
     """
     reference.check_leaky_relu_dropout_args(x, p, scale, shift)
     backend = backend_for(x)

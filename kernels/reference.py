@@ -34,6 +34,21 @@ def dropout_keep_mask(seed: torch.Tensor, shape: torch.Size, p: float,
 
 # ---------------------------------------------------------------- leaky-ReLU + dropout
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True when channels are the fastest-moving dim (every contiguous 2-D tensor qualifies)."""
+    if x.dim() <= 2:
+        return x.is_contiguous()
+    return x.movedim(1, -1).is_contiguous()
+
+
+def output_like(x: torch.Tensor) -> torch.Tensor:
+    """An empty output of x's shape and dtype in the layout every path returns: x's own when
+    x is contiguous or channels-last, contiguous for any other strides."""
+    native = x.is_contiguous() or is_channels_last(x)
+    return torch.empty_like(x, memory_format=torch.preserve_format if native
+                            else torch.contiguous_format)
+
+
 def _channel_view(v: torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return v.to(dtype).view(1, -1, *([1] * (x.dim() - 2)))
 
@@ -97,9 +112,8 @@ def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float
     check_leaky_relu_dropout_args(x, p, scale, shift)
     drop = float(p) if training else 0.0
     seed_tensor = _checks.resolve_seed(seed, x.device) if drop > 0 else None
-    # the output keeps x's memory layout, as the kernel's does
     return leaky_relu_dropout_forward(x, scale, shift, seed_tensor, negative_slope, drop,
-                                      torch.empty_like(x))
+                                      output_like(x))
 
 
 def check_leaky_relu_dropout_args(x, p, scale, shift) -> None:
@@ -138,7 +152,7 @@ def gan_logits_backward(dout: torch.Tensor, class_logits: torch.Tensor, lse: tor
     if extra_class:
         is_fake = torch.arange(z.shape[1], device=z.device) == z.shape[1] - 1
         dx = torch.where(is_fake, -g, dx)
-    return dx.to(class_logits.dtype)
+    return dx.to(class_logits.dtype).contiguous()
 
 
 def gan_logits(class_logits: torch.Tensor, *, extra_class: bool = False) -> torch.Tensor:
@@ -191,7 +205,7 @@ def masked_cross_entropy_backward(dloss: torch.Tensor, denom: torch.Tensor,
     row_scale = (weight * (dloss.to(weight.dtype) / denom))[:, None]
     dx = torch.where(weight[:, None] != 0,
                      row_scale * (torch.exp(z - lse[:, None]) - one_hot.to(z.dtype)), 0.0)
-    return dx.to(logits.dtype)
+    return dx.to(logits.dtype).contiguous()
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,

@@ -12,8 +12,8 @@ import ssgan.kernels as K
 from ssgan import __version__, plots
 from ssgan.data import DataError
 from ssgan.models import EVAL_BN_MODES, Generator
-from ssgan.train import TrainConfig, Trainer, TrainingError, evaluate_checkpoint, \
-    load_checkpoint_file, resolve_device
+from ssgan.train import LABELED_BATCH_TERMS, TrainConfig, Trainer, TrainingError, \
+    evaluate_checkpoint, load_checkpoint_file, resolve_device
 
 HELP = {
     "dataset": "svhn (train_32x32.mat/test_32x32.mat), mnist (IDX .gz files) or folder "
@@ -28,6 +28,10 @@ HELP = {
     "channels": "1 (grayscale) or 3 (RGB) for --dataset folder",
     "labels": "how many training labels the model may use",
     "label_selection": "first: the first N (the notebook); balanced: N/classes per class, seeded",
+    "labeled_batch_terms": "what the --labeled-batch-size images feed: all (they join the real "
+                           "batch: supervised term, real-vs-fake loss, BatchNorm statistics and "
+                           "feature matching) or supervised (Improved GAN: a separate pass for "
+                           "the supervised term only)",
     "labeled_batch_size": "extra labeled examples drawn per step for the supervised term "
                           "(0 = the notebook's masked batches only)",
     "supervised_only": "baseline: train the discriminator on the labeled examples alone",
@@ -55,7 +59,8 @@ NEGATED = {"download": "--no-download", "verify_md5": "--skip-md5", "progress": 
 NEGATED_HELP = {"download": "never try to download missing SVHN files",
                 "verify_md5": "accept .mat files whose MD5 differs from the official one",
                 "progress": "hide progress bars"}
-CHOICES = {"dataset": ["svhn", "mnist", "folder"], "label_selection": ["first", "balanced"],
+CHOICES = {"labeled_batch_terms": list(LABELED_BATCH_TERMS),
+           "dataset": ["svhn", "mnist", "folder"], "label_selection": ["first", "balanced"],
            "eval_bn": list(EVAL_BN_MODES), "kernels": list(K._backend.BACKENDS)}
 
 

@@ -31,6 +31,9 @@ METRIC_FIELDS = ["epoch", "lr", "d_loss", "g_loss", "supervised_loss", "train_ac
                  "test_accuracy", "step_ms", "epoch_s"]
 
 
+LABELED_BATCH_TERMS = ("all", "supervised")
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
@@ -50,6 +53,7 @@ class TrainConfig:
     labels: int = 1000
     label_selection: str = "first"
     labeled_batch_size: int = 0
+    labeled_batch_terms: str = "all"
     supervised_only: bool = False
     batch_size: int = 128
     epochs: int = 25
@@ -161,6 +165,9 @@ def _validate(cfg: TrainConfig, data: Dataset) -> None:
                          f"got {cfg.batch_size}")
     if cfg.labeled_batch_size < 0:
         raise ValueError(f"--labeled-batch-size must be >= 0, got {cfg.labeled_batch_size}")
+    if cfg.labeled_batch_terms not in LABELED_BATCH_TERMS:
+        raise ValueError(f"--labeled-batch-terms must be one of "
+                         f"{', '.join(LABELED_BATCH_TERMS)}, got {cfg.labeled_batch_terms!r}")
     if cfg.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {cfg.epochs}")
     if not 0 <= cfg.drop_rate < 1:
@@ -212,16 +219,23 @@ class Trainer:
         cfg = self.cfg
         if cfg.supervised_only:
             return self._supervised_step(idx)
-        if cfg.labeled_batch_size:
-            idx = torch.cat([idx, self._labeled_batch(cfg.labeled_batch_size)])
+        extra = self._labeled_batch(cfg.labeled_batch_size) if cfg.labeled_batch_size else None
+        if extra is not None and cfg.labeled_batch_terms == "all":
+            idx = torch.cat([idx, extra])
         real = to_unit_range(self.data.train.images[idx])
         labels = self.train_labels[idx]
         fake = self.g(self._sample_z(cfg.batch_size))
         class_real, gan_real, feat_real = self.d(real)
         _, gan_fake, feat_fake = self.d(fake, update_stats=False)
-        losses = discriminator_loss(class_real, gan_real, gan_fake, labels, labels >= 0)
+        class_sup, labels_sup = class_real, labels
+        if extra is not None and cfg.labeled_batch_terms == "supervised":
+            # Improved GAN: the labeled batch passes through D for the supervised term alone
+            class_sup, _, _ = self.d(to_unit_range(self.data.train.images[extra]),
+                                     update_stats=False)
+            labels_sup = self.train_labels[extra]
+        losses = discriminator_loss(class_sup, gan_real, gan_fake, labels_sup, labels_sup >= 0)
         losses["g_loss"] = feature_matching_loss(feat_real, feat_fake)
-        losses.update(self._batch_hits(class_real, labels))
+        losses.update(self._batch_hits(class_sup, labels_sup))
         d_params, g_params = list(self.d.parameters()), list(self.g.parameters())
         d_grads = torch.autograd.grad(losses["d_loss"], d_params, retain_graph=True)
         g_grads = torch.autograd.grad(losses["g_loss"], g_params)

@@ -1,3 +1,4 @@
+import importlib
 import os
 import subprocess
 import sys
@@ -88,7 +89,8 @@ def _head(x, scale, shift, target, mask):
         logits, extra_class=True).sum()
 
 
-def test_torch_compile_fullgraph_traces_the_ops(backend, device):
+@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph_traces_the_ops(backend, device, compile_backend):
     torch._dynamo.reset()
     x = torch.randn(4, 12, 3, 3, device=device, requires_grad=True)
     scale = torch.rand(12, device=device, requires_grad=True)
@@ -96,11 +98,48 @@ def test_torch_compile_fullgraph_traces_the_ops(backend, device):
     target = torch.tensor([1, -1, 10, 3], device=device)
     mask = torch.tensor([True, False, True, True], device=device)
     assert K.backend_for(x) == backend
+    if backend == "torch" and compile_backend == "inductor":
+        pytest.skip("Inductor takes minutes over the eager twins' unrolled Philox (the "
+                    "reference path); aot_eager traces them")
     eager = _head(x, scale, shift, target, mask)
     eager_grads = torch.autograd.grad(eager, (x, scale, shift))
-    compiled = torch.compile(_head, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(_head, fullgraph=True, backend=compile_backend)
     out = compiled(x, scale, shift, target, mask)
     grads = torch.autograd.grad(out, (x, scale, shift))
     torch.testing.assert_close(out, eager)
     for a, b in zip(grads, eager_grads):
         torch.testing.assert_close(a, b)
+
+
+def _opcheck_cases(device, backend):
+    """(op, args) for every custom op, with a permuted, strided input where the op takes any."""
+    # the package exports the ops under their modules' names, so fetch the modules themselves
+    L, G, M = (importlib.import_module(f"ssgan.kernels.{name}") for name in
+               ("leaky_relu_dropout", "gan_logits", "masked_cross_entropy"))
+    seed = torch.tensor([5], device=device)
+    permuted = torch.randn(3, 4, 2, 5, device=device).permute(0, 2, 1, 3)  # neither layout
+    scale, shift = torch.rand(2, device=device) + 0.5, torch.randn(2, device=device)
+    logits = torch.randn(6, 22, device=device)[:, ::2]
+    target, weight = torch.randint(0, 11, (6,), device=device), torch.rand(6, device=device)
+    lse = torch.logsumexp(logits, 1)
+    return [
+        (L._forward_op, (permuted, scale, shift, seed, 0.2, 0.5, backend)),
+        (L._forward_op, (permuted.contiguous(memory_format=torch.channels_last), None, None,
+                         seed, 0.2, 0.0, backend)),
+        (L._backward_op, (torch.randn_like(permuted), permuted, scale, shift, seed, 0.2, 0.5,
+                          True, backend)),
+        (G._forward_op, (logits, True, backend)),
+        (G._backward_op, (torch.randn(6, device=device), logits, lse, False, backend)),
+        (M._forward_op, (logits, target, weight, backend)),
+        (M._backward_op, (torch.tensor(1.0, device=device), torch.tensor(3.0, device=device),
+                          logits, target, weight, lse, backend)),
+    ]
+
+
+@pytest.mark.parametrize("path", [KERNEL_PATH, "inductor"])
+def test_opcheck_every_custom_op(device, path):
+    """torch.library.opcheck: schema, fake (meta) implementation with the real op's strides,
+    and AOT dispatch with dynamic shapes."""
+    backend = "triton" if path == "interpret" else path
+    for op, args in _opcheck_cases(device, backend):
+        torch.library.opcheck(op, args)

@@ -83,10 +83,12 @@ def test_layouts_give_identical_results(backend, device):
     wide[:, ::2, :, ::2] = x
     variants = [x.to(memory_format=torch.channels_last), wide[:, ::2, :, ::2],
                 x.transpose(2, 3).contiguous().transpose(2, 3)]
-    for v in variants:
-        torch.testing.assert_close(
-            K.leaky_relu_dropout(v, p=0.5, seed=77, scale=scale, shift=shift), base,
-            rtol=0, atol=0)
+    for v, keeps_layout in zip(variants, (True, False, False)):
+        out = K.leaky_relu_dropout(v, p=0.5, seed=77, scale=scale, shift=shift)
+        torch.testing.assert_close(out, base, rtol=0, atol=0)
+        # contiguous and channels-last inputs keep their layout, any other strides come back
+        # contiguous, on every path alike
+        assert out.stride() == (v.stride() if keeps_layout else base.stride())
 
 
 def test_non_contiguous_gradients(backend, device):
@@ -233,3 +235,20 @@ def test_strided_scale_and_shift_views(backend, device):
     torch.testing.assert_close(wide_scale.grad[::2], dense[0].grad)
     torch.testing.assert_close(wide_shift.grad[1::2], dense[1].grad)
     assert wide_scale.grad[1::2].abs().max() == 0
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_spatial_size_above_one_block(backend, device, channels_last):
+    """S = 50 * 50 = 2500 > BLOCK_ELEMENTS: several programs per (n, c) row on the kernel path."""
+    x, scale, shift = _inputs((2, 3, 50, 50), torch.float32, device, channels_last)
+    leaves = [t.detach().requires_grad_() for t in (x, scale, shift)]
+    assert K.backend_for(x) == backend
+    y = K.leaky_relu_dropout(leaves[0], p=0.4, seed=77, scale=leaves[1], shift=leaves[2])
+    dy = randn(2, 3, 50, 50, device=device)
+    y.backward(dy)
+    truth = [t.detach().double().requires_grad_() for t in (x, scale, shift)]
+    y64 = ref.leaky_relu_dropout(truth[0], p=0.4, seed=77, scale=truth[1], shift=truth[2])
+    y64.backward(dy.double())
+    assert_close_to_truth(y, y64, torch.float32)
+    for got, want in zip(leaves, truth):
+        assert_close_to_truth(got.grad, want.grad, torch.float32, scale=10.0)

@@ -78,7 +78,11 @@ def test_eval_bn_modes():
     batch = d(x)[0]
     assert not torch.allclose(running, batch)
     d.set_eval_bn("recalibrated")
-    torch.testing.assert_close(d(x)[0], running)
+    # recalibrated evaluates with running statistics (the trainer re-estimates them first),
+    # never with the test batch's own
+    recalibrated = d(x)[0]
+    assert not torch.allclose(recalibrated, batch)
+    torch.testing.assert_close(recalibrated, running)
     with pytest.raises(ValueError, match="--eval-bn"):
         d.set_eval_bn("both")
 

@@ -141,3 +141,25 @@ def test_recalibrated_evaluation_keeps_the_training_running_statistics(tmp_path)
     assert buffers
     for k in buffers:
         assert torch.equal(states[0][k], states[1][k]), k
+
+
+@pytest.mark.parametrize("terms", ["all", "supervised"])
+def test_labeled_batch_terms(tmp_path, terms):
+    """With --labeled-batch-terms supervised the labeled batch gets its own D pass: the
+    real-vs-fake term sees only the unlabeled batch, and both modes train."""
+    cfg = tiny_config(tmp_path, labeled_batch_size=5, labeled_batch_terms=terms, epochs=1)
+    trainer = T.Trainer(cfg, tiny_dataset())
+    seen = []
+    forward = trainer.d.forward
+    trainer.d.forward = lambda x, update_stats=True: seen.append(x.shape[0]) or forward(
+        x, update_stats)
+    losses = trainer.step(torch.arange(16))
+    assert seen == ([21, 16] if terms == "all" else [16, 16, 5])
+    labeled = float(losses["labeled"])  # the rows the supervised term saw
+    assert labeled == 5 if terms == "supervised" else labeled >= 5
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_unknown_labeled_batch_terms_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--labeled-batch-terms must be one of all, supervised"):
+        T.Trainer(tiny_config(tmp_path, labeled_batch_terms="some"), tiny_dataset())
