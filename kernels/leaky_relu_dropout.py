@@ -72,7 +72,7 @@ def _affine(x, c, in_bounds, scale_ptr, shift_ptr, HAS_SCALE: tl.constexpr,
 
 @triton.jit
 def _forward_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, seed_ptr, R, C, S, num_s_blocks,
-                    negative_slope, p, keep_scale,
+                    NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
                     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                     CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr,
                     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
@@ -81,17 +81,17 @@ def _forward_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, seed_ptr, R, C, S, num_s
     x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
     z, _ = _affine(x, c, in_bounds, scale_ptr, shift_ptr, HAS_SCALE, HAS_SHIFT)
-    y = tl.where(z > 0, z, z * negative_slope)
+    y = tl.where(z > 0, z, z * NEGATIVE_SLOPE)
     if HAS_DROPOUT:
-        keep = _dropout_uniform(seed_ptr, logical) > p
-        y = tl.where(keep, y * keep_scale, 0.0)
+        keep = _dropout_uniform(seed_ptr, logical) > P
+        y = tl.where(keep, y * KEEP_SCALE, 0.0)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=in_bounds)
 
 
 @triton.jit
 def _backward_kernel(dy_ptr, x_ptr, dx_ptr, scale_ptr, shift_ptr, seed_ptr,
                      dscale_partial_ptr, dshift_partial_ptr, R, C, S, num_s_blocks,
-                     negative_slope, p, keep_scale,
+                     NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
                      HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                      AFFINE_GRADS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                      IS_FP64: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
@@ -103,10 +103,10 @@ def _backward_kernel(dy_ptr, x_ptr, dx_ptr, scale_ptr, shift_ptr, seed_ptr,
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
     dy = dy.to(x.dtype)
     z, scale = _affine(x, c, in_bounds, scale_ptr, shift_ptr, HAS_SCALE, HAS_SHIFT)
-    dz = tl.where(z > 0, dy, dy * negative_slope)
+    dz = tl.where(z > 0, dy, dy * NEGATIVE_SLOPE)
     if HAS_DROPOUT:
-        keep = _dropout_uniform(seed_ptr, logical) > p
-        dz = tl.where(keep, dz * keep_scale, 0.0)
+        keep = _dropout_uniform(seed_ptr, logical) > P
+        dz = tl.where(keep, dz * KEEP_SCALE, 0.0)
     tl.store(dx_ptr + offs, (dz * scale).to(dx_ptr.dtype.element_ty), mask=in_bounds)
     if AFFINE_GRADS:
         # per-channel partial sums of this tile: stage one of a deterministic reduction
@@ -177,7 +177,9 @@ def _as_ncs(t: torch.Tensor) -> torch.Tensor:
 
 
 def _fp_flags(x: torch.Tensor, negative_slope: float, p: float) -> dict:
-    return dict(negative_slope=negative_slope, p=p, keep_scale=1.0 / (1.0 - p),
+    """The float parameters go in as compile-time constants: a float kernel argument is fp32,
+    which would round them for fp64 inputs (constants take the tensor's precision)."""
+    return dict(NEGATIVE_SLOPE=negative_slope, P=p, KEEP_SCALE=1.0 / (1.0 - p),
                 HAS_DROPOUT=p > 0, IS_FP64=x.dtype == torch.float64)
 
 

@@ -102,7 +102,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     device = resolve_device(args.device)
-    state = load_checkpoint_file(args.checkpoint, device)
+    state = load_checkpoint_file(args.checkpoint)
     cfg = TrainConfig(**state["config"])
     g = Generator(cfg.z_dim, state["channels"], state["image_size"], cfg.g_size_mult,
                   cfg.alpha).to(device)

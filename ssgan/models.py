@@ -66,13 +66,17 @@ class LeakyBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """The notebook's discriminator as its effective graph: an (N[+1])-class classifier.
+    """The notebook's discriminator, an (N[+1])-class classifier, with its dropout applied.
 
     x: float (B, C, H, W) in [-1, 1], H = W >= 24. Returns class_logits (B, K or K+1), gan_logits
     (B,) with sigmoid(gan_logits) = P(real), and features (B, 2*size_mult) for feature matching.
 
     The notebook computes bn2 but applies leaky-ReLU to the raw conv2 output, and its x6/bn6
     layer is dead because x7 reads relu5; both are left out here, so conv2 has no BatchNorm.
+    Its ``tf.layers.dropout`` calls pass no ``training=`` argument, which in TF1 means
+    ``training=False``: the notebook never dropped anything. This model drops (input dropout
+    ``drop_rate / 2.5``, then ``drop_rate`` after conv1 and conv3), as the design and Improved
+    GAN intend; ``--drop-rate 0`` gives the notebook as it actually ran.
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, size_mult: int = 64,

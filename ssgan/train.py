@@ -398,17 +398,17 @@ class Trainer:
         os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
 
     def load_checkpoint(self, path: Path) -> None:
-        state = load_checkpoint_file(path, self.device, hint="start without --resume, or give "
+        state = load_checkpoint_file(path, hint="start without --resume, or give "
                                      "the --name/--out-dir of the run to continue")
         self.g.load_state_dict(state["generator"])
         self.d.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.epoch, self.history = state["epoch"], state["history"]
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        self.batch_rng.set_state(state["rng_batches"].cpu())
+        torch.set_rng_state(state["rng_cpu"])
+        self.batch_rng.set_state(state["rng_batches"])
         if state["rng_cuda"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
         self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
@@ -419,13 +419,18 @@ class Trainer:
             writer.writerows(self.history)
 
 
-def load_checkpoint_file(path: str | Path, device: torch.device,
+def load_checkpoint_file(path: str | Path,
                          hint: str = "give the path of a run's checkpoints/last.pt") -> dict:
     """A checkpoint's contents (``torch.load(weights_only=True)``), or a ValueError with
-    ``hint`` when there is none at ``path``."""
+    ``hint`` when there is none at ``path``.
+
+    Everything is loaded to the CPU: ``load_state_dict`` then moves weights and optimizer
+    moments to their parameters' devices while Adam's step counters stay on the CPU, as
+    PyTorch keeps them (on a GPU, device-side counters would cost a host sync per parameter
+    per step)."""
     if not Path(path).exists():
         raise ValueError(f"no checkpoint at {path}; {hint}")
-    return torch.load(path, map_location=device, weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def evaluate_checkpoint(path: str | Path, *, device: str = "auto",
@@ -433,7 +438,7 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto",
     """Test accuracy of a checkpoint's discriminator on its run's dataset; ``eval_bn`` and
     ``data_dir`` override the run's settings. Returns a JSON-ready dict."""
     dev = resolve_device(device)
-    state = load_checkpoint_file(path, dev)
+    state = load_checkpoint_file(path)
     cfg = TrainConfig(**state["config"])
     cfg.eval_bn = eval_bn or cfg.eval_bn
     cfg.data_dir = data_dir or cfg.data_dir

@@ -1,3 +1,8 @@
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -252,3 +257,41 @@ def test_spatial_size_above_one_block(backend, device, channels_last):
     assert_close_to_truth(y, y64, torch.float32)
     for got, want in zip(leaves, truth):
         assert_close_to_truth(got.grad, want.grad, torch.float32, scale=10.0)
+
+
+SM90_TTIR = """
+import importlib, json, sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+L = importlib.import_module("ssgan.kernels.leaky_relu_dropout")
+kernel = getattr(L, sys.argv[1])
+flags = json.loads(sys.argv[2])
+signature = {name: "*fp64" if name.endswith("_ptr") else "i32" for name in kernel.arg_names}
+signature["seed_ptr"] = "*i64"
+# typed as a launch types them: declared constexprs are constants, other floats fp32 arguments
+const = {name: v for name, v in flags.items() if kernel.arg_names.index(name) in kernel.constexprs}
+signature.update({name: "constexpr" if name in const else "fp32" for name in flags})
+source = ASTSource(kernel, signature, constexprs={(kernel.arg_names.index(k),): v
+                                                  for k, v in const.items()})
+print(triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ttir"])
+"""
+
+
+@pytest.mark.parametrize("kernel", ["_forward_kernel", "_backward_kernel"])
+def test_fp64_kernels_take_no_fp32_scalars_on_the_gpu(kernel):
+    """The interpreter passes Python floats, a GPU launch passes float arguments as fp32: the
+    slope, p and 1/(1-p) must reach an fp64 kernel in fp64 (as compile-time constants), so its
+    TTIR for an H100 (compiled here, in a process without the interpreter) has no f32
+    argument and no f32 -> f64 extension."""
+    flags = dict(NEGATIVE_SLOPE=0.2, P=0.3, KEEP_SCALE=1 / 0.7, HAS_SCALE=True, HAS_SHIFT=True,
+                 HAS_DROPOUT=True, CHANNELS_LAST=False, IS_FP64=True, BLOCK_A=8, BLOCK_B=256)
+    if kernel == "_backward_kernel":
+        flags["AFFINE_GRADS"] = True
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", SM90_TTIR, kernel, json.dumps(flags)], env=env,
+                         capture_output=True, text=True)
+    if out.returncode and "backend" in out.stderr.lower():
+        pytest.skip(f"this Triton cannot compile for sm_90: {out.stderr[-300:]}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    signature = next(line for line in out.stdout.splitlines() if "tt.func" in line)
+    assert ": f32" not in signature and "arith.extf" not in out.stdout

@@ -163,3 +163,20 @@ def test_labeled_batch_terms(tmp_path, terms):
 def test_unknown_labeled_batch_terms_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--labeled-batch-terms must be one of all, supervised"):
         T.Trainer(tiny_config(tmp_path, labeled_batch_terms="some"), tiny_dataset())
+
+
+def test_resumed_optimizer_state_lives_where_pytorch_keeps_it(tmp_path):
+    """After --resume, Adam's moments sit on their parameters' device and its step counters on
+    the CPU, as in an uninterrupted run (on a GPU, counters moved there cost a host sync per
+    parameter per step). On a CPU-only machine every device is the CPU; the test bites on a
+    GPU machine, where the test device is CUDA."""
+    from conftest import DEVICE
+    data = tiny_dataset()
+    T.train(tiny_config(tmp_path, epochs=1, device=str(DEVICE)), data)
+    trainer = T.Trainer(tiny_config(tmp_path, epochs=2, resume=True, device=str(DEVICE)), data)
+    trainer.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    for opt, model in ((trainer.opt_d, trainer.d), (trainer.opt_g, trainer.g)):
+        for p in model.parameters():
+            state = opt.state[p]
+            assert state["step"].device.type == "cpu"
+            assert state["exp_avg"].device == p.device == state["exp_avg_sq"].device
