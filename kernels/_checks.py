@@ -22,6 +22,13 @@ def check_float_tensor(name: str, t: object, *, ndim: int | None = None) -> torc
     return t
 
 
+def int32_addressable(t: torch.Tensor) -> bool:
+    """Whether every element's offset (sum of index * stride) fits the kernels' int32
+    arithmetic: a view's memory span can exceed int32 although its element count does not."""
+    span = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+    return t.numel() == 0 or span < MAX_NUMEL
+
+
 def check_same_device(ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
     for name, t in others.items():
         if t is not None and t.device != ref.device:

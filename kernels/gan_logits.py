@@ -160,4 +160,6 @@ def gan_logits(class_logits: torch.Tensor, *, extra_class: bool = False) -> torc
     backend = backend_for(class_logits)
     if backend == "torch":
         return reference.gan_logits(class_logits, extra_class=extra_class)
+    if not _checks.int32_addressable(class_logits):
+        class_logits = class_logits.contiguous()  # its element count fits, so its copy does
     return GanLogitsFunction.apply(class_logits, bool(extra_class), backend)

@@ -26,6 +26,14 @@ MAX_CHANNEL_BLOCK = 256
 
 
 @triton.jit
+def _program_ids(num_b):
+    """(pid_a, pid_b) of a 2-D tiling launched as a 1-D grid: grid axes 1 and 2 stop at 65535
+    programs, axis 0 goes to 2**31 - 1."""
+    pid = tl.program_id(0)
+    return pid // num_b, pid % num_b
+
+
+@triton.jit
 def _tile(pid_a, pid_b, R, C, S, num_s_blocks,
           CHANNELS_LAST: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
     """Memory offsets, row-major logical indices, channel ids and bounds mask of one tile."""
@@ -71,13 +79,14 @@ def _affine(x, c, in_bounds, scale_ptr, shift_ptr, HAS_SCALE: tl.constexpr,
 
 
 @triton.jit
-def _forward_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, seed_ptr, R, C, S, num_s_blocks,
+def _forward_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, seed_ptr, R, C, S, num_s_blocks, num_b,
                     NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
                     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                     CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr,
                     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
-    offs, logical, c, in_bounds = _tile(tl.program_id(0), tl.program_id(1), R, C, S,
-                                        num_s_blocks, CHANNELS_LAST, BLOCK_A, BLOCK_B)
+    pid_a, pid_b = _program_ids(num_b)
+    offs, logical, c, in_bounds = _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST,
+                                        BLOCK_A, BLOCK_B)
     x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
     z, _ = _affine(x, c, in_bounds, scale_ptr, shift_ptr, HAS_SCALE, HAS_SHIFT)
@@ -90,14 +99,14 @@ def _forward_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, seed_ptr, R, C, S, num_s
 
 @triton.jit
 def _backward_kernel(dy_ptr, x_ptr, dx_ptr, scale_ptr, shift_ptr, seed_ptr,
-                     dscale_partial_ptr, dshift_partial_ptr, R, C, S, num_s_blocks,
+                     dscale_partial_ptr, dshift_partial_ptr, R, C, S, num_s_blocks, num_b,
                      NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
                      HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                      AFFINE_GRADS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                      IS_FP64: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
-    pid_a = tl.program_id(0)
-    offs, logical, c, in_bounds = _tile(pid_a, tl.program_id(1), R, C, S, num_s_blocks,
-                                        CHANNELS_LAST, BLOCK_A, BLOCK_B)
+    pid_a, pid_b = _program_ids(num_b)
+    offs, logical, c, in_bounds = _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST,
+                                        BLOCK_A, BLOCK_B)
     x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
     dy = tl.load(dy_ptr + offs, mask=in_bounds, other=0.0)
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
@@ -111,11 +120,11 @@ def _backward_kernel(dy_ptr, x_ptr, dx_ptr, scale_ptr, shift_ptr, seed_ptr,
     if AFFINE_GRADS:
         # per-channel partial sums of this tile: stage one of a deterministic reduction
         if CHANNELS_LAST:
-            chan = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B))
+            chan = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B))
             dscale_part = tl.sum(dz * x, axis=0)
             dshift_part = tl.sum(dz, axis=0)
         else:
-            chan = (tl.program_id(1) * BLOCK_A + tl.arange(0, BLOCK_A))
+            chan = (pid_b * BLOCK_A + tl.arange(0, BLOCK_A))
             dscale_part = tl.sum(dz * x, axis=1)
             dshift_part = tl.sum(dz, axis=1)
         tl.store(dscale_partial_ptr + pid_a * C + chan, dscale_part, mask=chan < C)
@@ -132,7 +141,8 @@ class _Launch:
     num_s_blocks: int
     block_a: int
     block_b: int
-    grid: tuple[int, int]
+    grid_a: int   # programs along the rows of partial sums (positions / batch items)
+    grid_b: int   # programs along the channels
 
     @staticmethod
     def plan(x: torch.Tensor) -> "_Launch":
@@ -143,17 +153,22 @@ class _Launch:
         if channels_last:
             block_b = min(triton.next_power_of_2(c), MAX_CHANNEL_BLOCK)
             block_a = min(max(1, BLOCK_ELEMENTS // block_b), triton.next_power_of_2(n * s))
-            grid = (triton.cdiv(n * s, block_a), triton.cdiv(c, block_b))
+            grid_a, grid_b = triton.cdiv(n * s, block_a), triton.cdiv(c, block_b)
             num_s_blocks = 1
         else:
             block_b = min(triton.next_power_of_2(s), BLOCK_ELEMENTS)
             block_a = min(max(1, BLOCK_ELEMENTS // block_b), triton.next_power_of_2(c))
             num_s_blocks = triton.cdiv(s, block_b)
-            grid = (n * num_s_blocks, triton.cdiv(c, block_a))
-        return _Launch(channels_last, n * s, c, s, num_s_blocks, block_a, block_b, grid)
+            grid_a, grid_b = n * num_s_blocks, triton.cdiv(c, block_a)
+        return _Launch(channels_last, n * s, c, s, num_s_blocks, block_a, block_b, grid_a,
+                       grid_b)
+
+    @property
+    def grid(self) -> tuple[int]:
+        return (self.grid_a * self.grid_b,)
 
     def args(self):
-        return self.R, self.C, self.S, self.num_s_blocks
+        return self.R, self.C, self.S, self.num_s_blocks, self.grid_b
 
 
 def _native_layout(t: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
@@ -224,7 +239,7 @@ def _backward_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor
                                            affine_grads, _as_ncs(dx))
         return dx, dscale, dshift
     acc_dtype = reference.compute_dtype(x.dtype)
-    num_rows = plan.grid[0] if (plan and affine_grads) else 0
+    num_rows = plan.grid_a if (plan and affine_grads) else 0
     dscale_partial = torch.zeros(num_rows, x.shape[1] if x.dim() > 1 else 1, dtype=acc_dtype,
                                  device=x.device)
     dshift_partial = torch.zeros_like(dscale_partial)

@@ -180,6 +180,8 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
     backend = backend_for(logits)
     if backend == "torch":
         return reference.masked_cross_entropy(logits, target, mask)
+    if not _checks.int32_addressable(logits):
+        logits = logits.contiguous()  # its element count fits, so its copy does
     # the kernels index target and weight with stride 1
     return MaskedCrossEntropyFunction.apply(logits, target.long().contiguous(),
                                             weight.contiguous(), backend)

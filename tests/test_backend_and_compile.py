@@ -143,3 +143,27 @@ def test_opcheck_every_custom_op(device, path):
     backend = "triton" if path == "interpret" else path
     for op, args in _opcheck_cases(device, backend):
         torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("shape,channels_last", [((2, 2**25), True), ((1, 2**26, 2, 1), False),
+                                                 ((4, 3, 32, 32), False)])
+def test_launch_grids_stay_within_gpu_limits(shape, channels_last):
+    """A GPU grid allows 2**31 - 1 programs on axis 0 but 65535 on axes 1 and 2: the
+    activation kernels launch 1-D grids, whatever the number of channels."""
+    L = importlib.import_module("ssgan.kernels.leaky_relu_dropout")
+    x = torch.empty(shape, device="meta")
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    plan = L._Launch.plan(x)
+    assert plan.channels_last == channels_last
+    assert plan.grid[0] <= 2**31 - 1 and all(g <= 65535 for g in plan.grid[1:])
+    assert plan.grid_a * plan.grid_b == plan.grid[0]
+
+
+def test_views_beyond_int32_offsets_are_detected():
+    """A (2**22, 1024)[:, :11] view has few elements but offsets beyond int32: the head and
+    the CE copy such views to contiguous before a kernel indexes them."""
+    from ssgan.kernels import _checks
+    assert not _checks.int32_addressable(torch.empty(2**22, 1024, device="meta")[:, :11])
+    assert _checks.int32_addressable(torch.empty(2**22, 11, device="meta"))
+    assert _checks.int32_addressable(torch.empty(0, 11, device="meta"))
