@@ -18,6 +18,19 @@ from ssgan.models import EVAL_BN_MODES
 from ssgan.train import evaluate_checkpoint
 
 
+def copy_run(run: Path, dest: Path) -> list[dict]:
+    """Copies a run's record (metrics, config, accuracy plot, last sample grid) to ``dest``;
+    returns its metrics rows."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.csv", "config.json", "accuracy.png"):
+        shutil.copy2(run / name, dest / name)
+    samples = sorted((run / "samples").glob("epoch_*.png"))
+    if samples:
+        shutil.copy2(samples[-1], dest / samples[-1].name)
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.accuracy_report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,14 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     summary, curves = [], {}
     for run in args.runs:
         dest = args.out / run.name
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.csv", "config.json", "accuracy.png"):
-            shutil.copy2(run / name, dest / name)
-        samples = sorted((run / "samples").glob("epoch_*.png"))
-        if samples:
-            shutil.copy2(samples[-1], dest / samples[-1].name)
-        with open(run / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
+        rows = copy_run(run, dest)
         cfg = json.loads((run / "config.json").read_text())
         curves[run.name] = [(int(r["epoch"]), float(r["test_accuracy"])) for r in rows]
         summary.append({

@@ -59,3 +59,23 @@ def test_stock_step_trains_the_same_model_shape():
 def test_cuda_without_a_gpu_is_a_clear_error(module, tmp_path):
     with pytest.raises(SystemExit, match="no CUDA GPU is visible; use --device cpu"):
         module.main(["--device", "cuda", "--out", str(tmp_path)])
+
+
+def test_seeds_report_gives_mean_and_spread(tmp_path):
+    from bench import seeds_report
+    runs = []
+    for group, finals in (("a", (0.90, 0.92)), ("b", (0.95, 0.97))):
+        for seed, final in enumerate(finals):
+            run = tmp_path / "runs" / f"{group}-s{seed}"
+            (run / "samples").mkdir(parents=True)
+            with open(run / "metrics.csv", "w") as f:
+                f.write(f"epoch,test_accuracy\n1,0.5\n2,{final}\n")
+            for name in ("config.json", "accuracy.png", "samples/epoch_002.png"):
+                (run / name).write_text("{}")
+            runs.append(str(run))
+    assert seeds_report.main([*runs, "--out", str(tmp_path / "out")]) == 0
+    rows = {r["group"]: r for r in read(tmp_path / "out" / "seeds.csv")}
+    assert float(rows["a"]["mean"]) == pytest.approx(0.91)
+    assert float(rows["b"]["std"]) == pytest.approx(0.01414, abs=1e-4)
+    assert (tmp_path / "out" / "seeds.png").exists()
+    assert (tmp_path / "out" / "a-s1" / "epoch_002.png").exists()
