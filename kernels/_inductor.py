@@ -68,9 +68,3 @@ def _own_code_copy(fn: Callable) -> Callable:
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
                               fn.__defaults__, fn.__closure__)
 
-
-def reset() -> None:
-    """Forgets compiled functions and any failure (tests use it to simulate a fresh process)."""
-    global _failure
-    _compiled.clear()
-    _failure = None
