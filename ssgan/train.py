@@ -53,7 +53,7 @@ class TrainConfig:
     labels: int = 1000
     label_selection: str = "first"
     labeled_batch_size: int = 0
-    labeled_batch_terms: str = "all"
+    labeled_batch_terms: str = "supervised"
     supervised_only: bool = False
     batch_size: int = 128
     epochs: int = 25
