@@ -10,6 +10,8 @@ setup(
     python_requires=">=3.10",
     packages=["ssgan", "ssgan.kernels"],
     package_dir={"ssgan": "ssgan", "ssgan.kernels": "kernels"},
+    # the MNIST subset a bare `ssgan train` uses, with its source/license README
+    package_data={"ssgan": ["bundled/mnist/*.gz", "bundled/mnist/README.md"]},
     install_requires=["torch==2.14.1", "torchvision==0.29.1", "triton>=3.0", "numpy", "scipy",
                       "tqdm", "matplotlib", "pillow"],
     extras_require={"dev": ["pytest"]},

@@ -22,6 +22,11 @@ from torchvision.transforms.functional import pil_to_tensor
 SVHN_FILES = {split: (name, md5) for split, (_, name, md5)
               in torchvision.datasets.SVHN.split_list.items() if split != "extra"}
 SVHN_URL = torchvision.datasets.SVHN.split_list["train"][0].rsplit("/", 1)[0] + "/"
+MNIST_MIRRORS = torchvision.datasets.MNIST.mirrors
+MNIST_MD5 = dict(torchvision.datasets.MNIST.resources)  # the official files' names -> md5
+BUNDLED_MNIST = Path(__file__).parent / "bundled" / "mnist"  # 5k train subset + official test
+BUNDLED_TRAIN_PREFIX = "train-5k"
+DEFAULT_DATA_DIRS = {"svhn": "data/svhn"}
 UNLABELED = -1
 
 
@@ -140,10 +145,30 @@ def _read_idx(path: Path, reader) -> torch.Tensor:
                         "copy") from None
 
 
-def _mnist_split(data_dir: Path, prefix: str) -> Split:
+def _download_mnist_file(data_dir: Path, name: str) -> None:
+    """Fetches an official MNIST file (with a progress bar and MD5 check), trying each of
+    torchvision's mirrors."""
+    errors = []
+    for mirror in MNIST_MIRRORS:
+        try:
+            download_url(mirror + name, str(data_dir), name, MNIST_MD5[name])
+            return
+        except (OSError, RuntimeError) as err:  # URLError, HTTPError, an MD5 mismatch ...
+            (data_dir / name).unlink(missing_ok=True)
+            errors.append(f"{mirror}: {err}")
+    raise DataError(f"MNIST file {data_dir / name} is missing and downloading it failed "
+                    f"({'; '.join(errors)}). Put the official file there, point --data-dir at "
+                    "the folder holding it, or drop --data-dir to train on the bundled "
+                    "5k subset") from None
+
+
+def _mnist_split(data_dir: Path, prefix: str, download: bool) -> Split:
     def find(kind: str) -> Path:
         raw = data_dir / f"{prefix}-{kind}"
-        return raw if raw.exists() else raw.with_name(raw.name + ".gz")
+        gz = raw.with_name(raw.name + ".gz")
+        if not raw.exists() and not gz.exists() and download and gz.name in MNIST_MD5:
+            _download_mnist_file(data_dir, gz.name)
+        return raw if raw.exists() else gz
     images = _read_idx(find("images-idx3-ubyte"), tv_mnist.read_image_file)
     labels = _read_idx(find("labels-idx1-ubyte"), tv_mnist.read_label_file)
     if images.shape[0] != labels.shape[0]:
@@ -152,12 +177,19 @@ def _mnist_split(data_dir: Path, prefix: str) -> Split:
     return Split(padded.unsqueeze(1).contiguous(), labels.long())
 
 
-def load_mnist(data_dir: str | Path, *, train_prefix: str = "train",
-               test_prefix: str = "t10k") -> Dataset:
+def load_mnist(data_dir: str | Path | None = None, *, train_prefix: str | None = None,
+               test_prefix: str = "t10k", download: bool = True) -> Dataset:
     """MNIST from IDX files named ``{prefix}-images-idx3-ubyte[.gz]`` etc., padded to uint8
-    (N, 1, 32, 32). ``train_prefix="train-5k"`` reads the 5k subset."""
-    data_dir = Path(data_dir)
-    return Dataset(_mnist_split(data_dir, train_prefix), _mnist_split(data_dir, test_prefix), 10,
+    (N, 1, 32, 32).
+
+    Without ``data_dir``: the bundled 5k training subset and the official test set. With it:
+    the files there, ``train_prefix`` defaulting to ``train`` (the official 60k); missing
+    official files are downloaded when ``download``."""
+    if data_dir is None or str(data_dir) == "":
+        data_dir, train_prefix = BUNDLED_MNIST, train_prefix or BUNDLED_TRAIN_PREFIX
+    data_dir, train_prefix = Path(data_dir), train_prefix or "train"
+    return Dataset(_mnist_split(data_dir, train_prefix, download),
+                   _mnist_split(data_dir, test_prefix, download), 10,
                    [str(d) for d in range(10)])
 
 
@@ -217,17 +249,22 @@ def load_image_folder(root: str | Path, *, image_size: int = 32, channels: int =
                    class_names)
 
 
-def load_dataset(name: str, data_dir: str | Path, *, download: bool = True,
-                 verify_md5: bool = True, mnist_train_prefix: str = "train",
+def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = True,
+                 verify_md5: bool = True, mnist_train_prefix: str | None = None,
                  mnist_test_prefix: str = "t10k", image_size: int = 32,
                  channels: int = 3) -> Dataset:
-    """Dispatches on ``--dataset``: ``svhn``, ``mnist`` or ``folder``."""
+    """Dispatches on ``--dataset``: ``svhn``, ``mnist`` or ``folder``. An empty ``data_dir``
+    means the dataset's default: ``data/svhn``, or the bundled MNIST subset."""
     if name == "svhn":
-        return load_svhn(data_dir, download=download, verify_md5=verify_md5)
+        return load_svhn(data_dir or DEFAULT_DATA_DIRS["svhn"], download=download,
+                         verify_md5=verify_md5)
     if name == "mnist":
-        return load_mnist(data_dir, train_prefix=mnist_train_prefix,
-                          test_prefix=mnist_test_prefix)
+        return load_mnist(data_dir or None, train_prefix=mnist_train_prefix or None,
+                          test_prefix=mnist_test_prefix, download=download)
     if name == "folder":
+        if not data_dir:
+            raise DataError("--dataset folder needs --data-dir: a folder with one subfolder "
+                            "per class and an optional unlabeled/ subfolder")
         return load_image_folder(data_dir, image_size=image_size, channels=channels)
     raise DataError(f"--dataset must be svhn, mnist or folder, got {name!r}")
 
@@ -247,7 +284,13 @@ def select_labeled(labels: torch.Tensor, num_labels: int, mode: str, num_classes
         raise DataError(f"--labels must be in 1..{available.numel()} (the labeled training "
                         f"examples), got {num_labels}")
     if mode == "first":
-        return available[:num_labels]
+        chosen = available[:num_labels]
+        classes = labels[chosen].unique()
+        if num_labels > 1 and num_classes > 1 and classes.numel() == 1:
+            raise DataError(f"the first {num_labels} labeled images are all of class "
+                            f"{int(classes[0])}: the training set is sorted by class (as the "
+                            "bundled MNIST subset is); use --label-selection balanced")
+        return chosen
     if mode != "balanced":
         raise DataError(f"--label-selection must be first or balanced, got {mode!r}")
     if num_labels % num_classes:

@@ -9,8 +9,10 @@ import ssgan.kernels as K
 
 def discriminator_loss(class_logits_real: torch.Tensor, gan_logits_real: torch.Tensor,
                        gan_logits_fake: torch.Tensor, labels: torch.Tensor,
-                       label_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """d_loss = masked CE on labeled real rows + BCE(real -> 1) + BCE(fake -> 0).
+                       label_mask: torch.Tensor, unlabeled_weight: float = 1.0
+                       ) -> dict[str, torch.Tensor]:
+    """d_loss = masked CE on labeled real rows
+    + ``unlabeled_weight`` * (BCE(real -> 1) + BCE(fake -> 0)).
 
     class_logits_real: (B, K[+1]); gan_logits_*: (B,) and (B',); labels: int64 (B,), any value
     where ``label_mask`` (bool (B,)) is False. Returns the total and its three parts (0-dim).
@@ -21,7 +23,7 @@ def discriminator_loss(class_logits_real: torch.Tensor, gan_logits_real: torch.T
     fake = F.binary_cross_entropy_with_logits(gan_logits_fake.float(),
                                               torch.zeros_like(gan_logits_fake,
                                                                dtype=torch.float))
-    return {"d_loss": supervised + real + fake, "supervised": supervised, "bce_real": real,
+    return {"d_loss": supervised + unlabeled_weight * (real + fake), "supervised": supervised, "bce_real": real,
             "bce_fake": fake}
 
 
@@ -31,3 +33,14 @@ def feature_matching_loss(features_real: torch.Tensor,
 
     features_*: float (B, F). Returns a 0-dim tensor."""
     return (features_real.float().mean(0) - features_fake.float().mean(0)).abs().mean()
+
+
+def prediction_entropy(class_logits: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean entropy of the softmax over the first ``num_classes`` logits (the real classes):
+    the conditional-entropy term of Bad GAN (Dai et al. 2017), which pushes D to confident
+    predictions on unlabeled data.
+
+    class_logits: float (B, K[+1]). Returns a 0-dim tensor, float32 (float64 for float64)."""
+    logits = class_logits[:, :num_classes]
+    log_p = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
+    return -(log_p.exp() * log_p).sum(1).mean()

@@ -22,16 +22,21 @@ import torch
 from tqdm.auto import tqdm
 
 import ssgan.kernels as K
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
 from ssgan import plots
-from ssgan.data import Dataset, load_dataset, select_labeled, to_unit_range
-from ssgan.losses import discriminator_loss, feature_matching_loss
+from ssgan.augment import random_translate
+from ssgan.data import (BUNDLED_MNIST, BUNDLED_TRAIN_PREFIX, Dataset, load_dataset,
+                        select_labeled, to_unit_range)
+from ssgan.losses import discriminator_loss, feature_matching_loss, prediction_entropy
 from ssgan.models import Discriminator, Generator
 
 METRIC_FIELDS = ["epoch", "lr", "d_loss", "g_loss", "supervised_loss", "train_accuracy",
-                 "test_accuracy", "step_ms", "epoch_s"]
+                 "test_accuracy", "test_accuracy_no_ema", "step_ms", "epoch_s"]
 
 
 LABELED_BATCH_TERMS = ("all", "supervised")
+LR_SCHEDULES = ("exponential", "linear")
 
 
 class TrainingError(RuntimeError):
@@ -40,13 +45,18 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class TrainConfig:
+    """Every setting of a run. The defaults are the notebook's SVHN setup (the ``notebook``
+    recipe); :func:`config_for` starts from a recipe instead. Empty ``data_dir`` /
+    ``mnist_train_prefix`` mean the dataset's default (``data/svhn``; the bundled MNIST
+    subset)."""
+    recipe: str = "notebook"   # a record of the preset these values started from
     dataset: str = "svhn"
-    data_dir: str = "data/svhn"
+    data_dir: str = ""
     out_dir: str = "runs"
     name: str = ""
     download: bool = True
     verify_md5: bool = True
-    mnist_train_prefix: str = "train"
+    mnist_train_prefix: str = ""
     mnist_test_prefix: str = "t10k"
     image_size: int = 32
     channels: int = 3
@@ -60,6 +70,11 @@ class TrainConfig:
     lr: float = 3e-4
     beta1: float = 0.5
     lr_decay: float = 0.9
+    lr_schedule: str = "exponential"
+    augment_shift: int = 0
+    ema_decay: float = 0.0
+    unlabeled_weight: float = 1.0
+    entropy_weight: float = 0.0
     z_dim: int = 100
     d_size_mult: int = 64
     g_size_mult: int = 32
@@ -76,6 +91,38 @@ class TrainConfig:
 
     def run_dir(self) -> Path:
         return Path(self.out_dir) / (self.name or f"{self.dataset}-{self.labels}labels")
+
+
+# Presets. ``improved`` is the recipe measured step by step in bench/results/accuracy/recipe/
+# (README, "Results"); ``notebook`` is TrainConfig's defaults.
+RECIPES: dict[str, dict] = {
+    "improved": {"dataset": "mnist", "labels": 100, "label_selection": "balanced",
+                 "labeled_batch_size": 64, "labeled_batch_terms": "supervised",
+                 "lr_schedule": "linear", "augment_shift": 2, "ema_decay": 0.995,
+                 "epochs": 50},
+    "notebook": {},
+}
+
+
+def config_for(recipe: str = "improved", **overrides) -> TrainConfig:
+    """A :class:`TrainConfig` from a preset of :data:`RECIPES`, with ``overrides`` (any
+    TrainConfig field) taking precedence over the preset."""
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    return TrainConfig(**{**RECIPES[recipe], **overrides, "recipe": recipe})
+
+
+def resolve_data_location(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the dataset's default folder and file prefix filled in, so that
+    ``config.json`` and checkpoints name the files a run actually read."""
+    if cfg.dataset == "mnist" and not cfg.data_dir:
+        return dataclasses.replace(cfg, data_dir=str(BUNDLED_MNIST), mnist_train_prefix=(
+            cfg.mnist_train_prefix or BUNDLED_TRAIN_PREFIX))
+    if cfg.dataset == "mnist":
+        return dataclasses.replace(cfg, mnist_train_prefix=cfg.mnist_train_prefix or "train")
+    if cfg.dataset == "svhn" and not cfg.data_dir:
+        return dataclasses.replace(cfg, data_dir="data/svhn")
+    return cfg
 
 
 def inductor_cache_dir() -> str:
@@ -172,13 +219,37 @@ def _validate(cfg: TrainConfig, data: Dataset) -> None:
         raise ValueError(f"--epochs must be >= 1, got {cfg.epochs}")
     if not 0 <= cfg.drop_rate < 1:
         raise ValueError(f"--drop-rate must be in [0, 1), got {cfg.drop_rate}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                         f"got {cfg.lr_schedule!r}")
+    if cfg.augment_shift < 0 or cfg.augment_shift >= data.image_size // 2:
+        raise ValueError(f"--augment-shift must be in 0..{data.image_size // 2 - 1} pixels, "
+                         f"got {cfg.augment_shift}")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ValueError(f"--ema-decay must be in [0, 1) (0 turns the average off), "
+                         f"got {cfg.ema_decay}")
+    if cfg.unlabeled_weight < 0 or cfg.entropy_weight < 0:
+        raise ValueError("--unlabeled-weight and --entropy-weight must be >= 0, got "
+                         f"{cfg.unlabeled_weight} and {cfg.entropy_weight}")
+
+
+def scheduled_lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of global step ``step`` (0-based).
+
+    ``exponential``: ``lr * lr_decay ** epoch`` (the notebook). ``linear``: ``lr`` for the
+    first half of training, then a straight line down to 0 at the last step (Improved GAN's
+    schedule)."""
+    if cfg.lr_schedule == "exponential":
+        return cfg.lr * cfg.lr_decay ** (step // steps_per_epoch)
+    remaining = 1.0 - step / (cfg.epochs * steps_per_epoch)
+    return cfg.lr * min(1.0, 2.0 * remaining)
 
 
 class Trainer:
     """Holds the models, optimizers and data of one run; :meth:`fit` trains it."""
 
     def __init__(self, cfg: TrainConfig, data: Dataset | None = None):
-        self.cfg = cfg
+        cfg = self.cfg = resolve_data_location(cfg)
         self.device = resolve_device(cfg.device)
         data = data or load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
                                     verify_md5=cfg.verify_md5,
@@ -197,6 +268,10 @@ class Trainer:
         betas = (cfg.beta1, 0.999)
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=betas)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=betas)
+        # evaluation uses an exponential moving average of D's weights when --ema-decay > 0;
+        # its BatchNorm buffers are averaged too (recalibrated evaluation re-estimates them)
+        self.d_ema = (AveragedModel(self.d, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
+                                    use_buffers=True) if cfg.ema_decay else None)
         self.batch_rng = torch.Generator(self.device).manual_seed(cfg.seed)
         self.fixed_z = (torch.rand(64, cfg.z_dim, generator=torch.Generator().manual_seed(
             cfg.seed + 1)) * 2 - 1).to(self.device)
@@ -214,6 +289,18 @@ class Trainer:
                              generator=self.batch_rng)
         return self.labeled_idx[pick]
 
+    def _real_images(self, idx: torch.Tensor) -> torch.Tensor:
+        """Training images ``idx``, augmented with ``--augment-shift``, as float in [-1, 1]."""
+        images = random_translate(self.data.train.images[idx], self.cfg.augment_shift,
+                                  self.batch_rng)
+        return to_unit_range(images)
+
+    @property
+    def eval_model(self) -> Discriminator:
+        """The discriminator that evaluation and ``ssgan eval`` use: the weight average with
+        ``--ema-decay``, D itself otherwise."""
+        return self.d_ema.module if self.d_ema is not None else self.d
+
     def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """One simultaneous update of D and G; ``idx`` indexes the training set (on device)."""
         cfg = self.cfg
@@ -222,7 +309,7 @@ class Trainer:
         extra = self._labeled_batch(cfg.labeled_batch_size) if cfg.labeled_batch_size else None
         if extra is not None and cfg.labeled_batch_terms == "all":
             idx = torch.cat([idx, extra])
-        real = to_unit_range(self.data.train.images[idx])
+        real = self._real_images(idx)
         labels = self.train_labels[idx]
         fake = self.g(self._sample_z(cfg.batch_size))
         class_real, gan_real, feat_real = self.d(real)
@@ -230,10 +317,13 @@ class Trainer:
         class_sup, labels_sup = class_real, labels
         if extra is not None and cfg.labeled_batch_terms == "supervised":
             # Improved GAN: the labeled batch passes through D for the supervised term alone
-            class_sup, _, _ = self.d(to_unit_range(self.data.train.images[extra]),
-                                     update_stats=False)
+            class_sup, _, _ = self.d(self._real_images(extra), update_stats=False)
             labels_sup = self.train_labels[extra]
-        losses = discriminator_loss(class_sup, gan_real, gan_fake, labels_sup, labels_sup >= 0)
+        losses = discriminator_loss(class_sup, gan_real, gan_fake, labels_sup, labels_sup >= 0,
+                                    cfg.unlabeled_weight)
+        if cfg.entropy_weight:
+            losses["entropy"] = prediction_entropy(class_real, self.data.num_classes)
+            losses["d_loss"] = losses["d_loss"] + cfg.entropy_weight * losses["entropy"]
         losses["g_loss"] = feature_matching_loss(feat_real, feat_fake)
         losses.update(self._batch_hits(class_sup, labels_sup))
         d_params, g_params = list(self.d.parameters()), list(self.g.parameters())
@@ -244,17 +334,21 @@ class Trainer:
                 p.grad = grad
         self.opt_d.step()
         self.opt_g.step()
+        if self.d_ema is not None:
+            self.d_ema.update_parameters(self.d)
         return losses
 
     def _supervised_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """Baseline: the same D trained on labeled examples only, no GAN terms."""
         idx = self._labeled_batch(min(self.cfg.batch_size, self.labeled_idx.numel()))
         labels = self.train_labels[idx]
-        class_real, _, _ = self.d(to_unit_range(self.data.train.images[idx]))
+        class_real, _, _ = self.d(self._real_images(idx))
         loss = K.masked_cross_entropy(class_real, labels, labels >= 0)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d.step()
+        if self.d_ema is not None:
+            self.d_ema.update_parameters(self.d)
         zero = torch.zeros((), device=self.device)
         return {"d_loss": loss, "supervised": loss, "g_loss": zero,
                 **self._batch_hits(class_real, labels)}
@@ -279,13 +373,30 @@ class Trainer:
             raise ValueError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
                              "or choose another --name")
         (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        start = time.perf_counter()
         with K.use_backend(cfg.kernels):
             self._announce()
             while self.epoch < cfg.epochs:
                 self._train_epoch()
         plots.accuracy_curves(self.history, self.run_dir / "accuracy.png",
                               title=f"{self.run_dir.name}: accuracy per epoch")
+        self._summarize(time.perf_counter() - start)
         return self.history
+
+    def _summarize(self, wall_s: float) -> None:
+        """Writes ``summary.json`` and prints the run's one-line summary."""
+        last = self.history[-1]
+        plot_paths = [self.run_dir / "accuracy.png"]
+        if not self.cfg.supervised_only:
+            plot_paths.append(self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png")
+        summary = {"run_dir": str(self.run_dir), "recipe": self.cfg.recipe,
+                   "epochs": last["epoch"], "test_accuracy": last["test_accuracy"],
+                   "train_accuracy": last["train_accuracy"], "wall_s": round(wall_s, 1),
+                   "plots": [str(p) for p in plot_paths]}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        tqdm.write(f"ssgan: done: test accuracy {100 * last['test_accuracy']:.2f}% after "
+                   f"{last['epoch']} epochs, {wall_s / 60:.1f} min | run {self.run_dir} | "
+                   f"plots {', '.join(summary['plots'])}")
 
     def _announce(self) -> None:
         """One line saying what is about to run, so a user can catch a wrong setup early."""
@@ -315,6 +426,9 @@ class Trainer:
                    disable=not cfg.progress)
         start = time.perf_counter()
         for i in bar:
+            lr = scheduled_lr(cfg, self.epoch * steps + i, steps)
+            for group in (*self.opt_d.param_groups, *self.opt_g.param_groups):
+                group["lr"] = lr
             losses = self.step(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
             if self._warmup_pending:
                 self._warmup_pending = False
@@ -338,28 +452,35 @@ class Trainer:
             torch.cuda.synchronize()
         epoch_s = time.perf_counter() - start
         self.epoch += 1
-        row = self._evaluate(sums, steps, epoch_s)
-        for opt in (self.opt_d, self.opt_g):
-            for group in opt.param_groups:
-                group["lr"] *= cfg.lr_decay
-        self._record(row)
+        self._record(self._evaluate(sums, steps, epoch_s))
 
     def _evaluate(self, sums: dict, steps: int, epoch_s: float) -> dict:
         cfg, data = self.cfg, self.data
         eval_bs = eval_batch_size(cfg)
-        with eval_bn_statistics(self.d, cfg, data.train.images):
-            train_acc = accuracy(self.d, data.train.images[self.labeled_idx],
+        d = self.eval_model
+        with eval_bn_statistics(d, cfg, data.train.images):
+            train_acc = accuracy(d, data.train.images[self.labeled_idx],
                                  data.train.labels[self.labeled_idx], eval_bs, data.num_classes)
-            test_acc = (accuracy(self.d, data.test.images, data.test.labels, eval_bs,
-                                 data.num_classes) if data.test is not None else float("nan"))
+            test_acc = self._test_accuracy(d)
         row = {"epoch": self.epoch, "lr": self.opt_d.param_groups[0]["lr"],
                "d_loss": sums["d_loss"] / steps, "g_loss": sums["g_loss"] / steps,
                "supervised_loss": sums["supervised"] / steps, "train_accuracy": train_acc,
                "test_accuracy": test_acc, "step_ms": 1000 * epoch_s / steps, "epoch_s": epoch_s}
+        if self.d_ema is not None:
+            # what the average buys, measured on the same run
+            with eval_bn_statistics(self.d, cfg, data.train.images):
+                row["test_accuracy_no_ema"] = self._test_accuracy(self.d)
         tqdm.write(f"epoch {self.epoch}/{cfg.epochs}  train acc {train_acc:.4f}  "
                    f"test acc {test_acc:.4f}  d {row['d_loss']:.4f}  g {row['g_loss']:.4f}  "
                    f"{row['step_ms']:.1f} ms/step  {epoch_s:.1f} s")
         return row
+
+    def _test_accuracy(self, d: Discriminator) -> float:
+        test = self.data.test
+        if test is None:
+            return float("nan")
+        return accuracy(d, test.images, test.labels, eval_batch_size(self.cfg),
+                        self.data.num_classes)
 
     def _record(self, row: dict) -> None:
         """Appends the metrics row, writes the sample grid and then the checkpoint, so a
@@ -386,6 +507,7 @@ class Trainer:
         state = {
             "epoch": self.epoch, "config": dataclasses.asdict(self.cfg),
             "generator": self.g.state_dict(), "discriminator": self.d.state_dict(),
+            "discriminator_ema": self.d_ema.state_dict() if self.d_ema is not None else {},
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "history": self.history, "num_classes": self.data.num_classes,
             "class_names": self.data.class_names, "channels": self.data.channels,
@@ -402,6 +524,8 @@ class Trainer:
                                      "the --name/--out-dir of the run to continue")
         self.g.load_state_dict(state["generator"])
         self.d.load_state_dict(state["discriminator"])
+        if self.d_ema is not None:
+            self.d_ema.load_state_dict(state["discriminator_ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.epoch, self.history = state["epoch"], state["history"]
@@ -433,6 +557,12 @@ def load_checkpoint_file(path: str | Path,
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def ema_weights(state: dict) -> dict:
+    """The averaged discriminator's state dict from a checkpoint, or {} without --ema-decay."""
+    return {k.removeprefix("module."): v for k, v in state.get("discriminator_ema", {}).items()
+            if k.startswith("module.")}
+
+
 def evaluate_checkpoint(path: str | Path, *, device: str = "auto",
                         eval_bn: str | None = None, data_dir: str | None = None) -> dict:
     """Test accuracy of a checkpoint's discriminator on its run's dataset; ``eval_bn`` and
@@ -451,7 +581,7 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto",
                          "add a test/<class>/ folder)")
     data = data.to(dev)
     _, d = build_models(cfg, data, dev)
-    d.load_state_dict(state["discriminator"])
+    d.load_state_dict(ema_weights(state) or state["discriminator"])
     with eval_bn_statistics(d, cfg, data.train.images):
         acc = accuracy(d, data.test.images, data.test.labels, eval_batch_size(cfg),
                        data.num_classes)

@@ -1,12 +1,16 @@
+import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from bench import accuracy_report
 from ssgan import cli
+from ssgan.data import BUNDLED_MNIST
+from ssgan.train import RECIPES, TrainConfig
 from test_data import write_image_folder, write_svhn
 
 
@@ -40,9 +44,15 @@ def test_train_eval_sample_on_an_image_folder(tmp_path, capsys):
             "--labels", "4", "--label-selection", "balanced", "--epochs", "2",
             "--out-dir", str(tmp_path / "runs"), "--name", "demo", *TINY]
     assert cli.main(args) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    run = tmp_path / "runs" / "demo"
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 2 and 0 <= summary["test_accuracy"] <= 1
-    ckpt = tmp_path / "runs" / "demo" / "checkpoints" / "last.pt"
+    assert summary["recipe"] == "improved" and summary["wall_s"] > 0
+    assert last_line.startswith("ssgan: done: test accuracy") and str(run) in last_line
+    for plot in summary["plots"]:
+        assert plot in last_line and Path(plot).exists()
+    ckpt = run / "checkpoints" / "last.pt"
 
     assert cli.main(["eval", str(ckpt), "--device", "cpu", "--kernels", "torch"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -63,14 +73,23 @@ def test_train_eval_sample_on_an_image_folder(tmp_path, capsys):
     # resuming a finished run to more epochs continues it
     assert cli.main([*args[:args.index("--epochs")], "--epochs", "3",
                      *args[args.index("--epochs") + 2:], "--resume"]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs"] == 3
+    capsys.readouterr()
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 3
 
 
-def test_train_on_synthetic_svhn_files(tmp_path, capsys):
+@pytest.mark.parametrize("recipe", ["notebook", "improved"])
+def test_train_on_synthetic_svhn_files(tmp_path, recipe):
     write_svhn(tmp_path / "svhn", n_train=40, n_test=16)
-    assert cli.main(["train", "--data-dir", str(tmp_path / "svhn"), "--skip-md5", "--labels",
-                     "10", "--epochs", "1", "--out-dir", str(tmp_path / "runs"), *TINY]) == 0
-    assert (tmp_path / "runs" / "svhn-10labels" / "metrics.csv").exists()
+    assert cli.main(["train", "--recipe", recipe, "--dataset", "svhn", "--data-dir",
+                     str(tmp_path / "svhn"), "--skip-md5", "--labels", "10", "--epochs", "1",
+                     "--out-dir", str(tmp_path / "runs"), *TINY]) == 0
+    config = json.loads((tmp_path / "runs" / "svhn-10labels" / "config.json").read_text())
+    assert config["recipe"] == recipe and config["dataset"] == "svhn"
+    # the preset applies where no flag was given; the flags win where they were
+    assert config["labels"] == 10 and config["batch_size"] == 8
+    preset = {**dataclasses.asdict(TrainConfig()), **RECIPES[recipe]}
+    for key in ("augment_shift", "ema_decay", "lr_schedule", "labeled_batch_size", "epochs"):
+        assert config[key] == (1 if key == "epochs" else preset[key])
 
 
 @pytest.mark.parametrize("extra,match", [
@@ -83,7 +102,7 @@ def test_train_on_synthetic_svhn_files(tmp_path, capsys):
 ])
 def test_train_errors_name_the_flag(tmp_path, capsys, extra, match):
     write_svhn(tmp_path / "svhn", n_train=40, n_test=16)
-    args = ["train", "--out-dir", str(tmp_path / "runs")] + [
+    args = ["train", "--recipe", "notebook", "--out-dir", str(tmp_path / "runs")] + [
         a.format(tmp=tmp_path) for a in extra]
     assert cli.main(args) == 2
     err = capsys.readouterr().err
@@ -95,3 +114,18 @@ def test_eval_and_sample_missing_checkpoint(tmp_path, capsys):
         assert cli.main([command, str(tmp_path / "nope.pt"), "--device", "cpu"]) == 2
         assert "no checkpoint at" in capsys.readouterr().err
     assert cli.main(["sample", str(tmp_path / "x.pt"), "--n", "0"]) == 2
+
+
+def test_bare_train_uses_the_improved_recipe_on_the_bundled_data(tmp_path, capsys):
+    # the bare command, shortened to one epoch of a tiny model
+    assert cli.main(["train", "--epochs", "1", "--d-size-mult", "4", "--g-size-mult", "4",
+                     "--z-dim", "8", "--device", "cpu", "--kernels", "torch", "--no-progress",
+                     "--out-dir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "mnist-100labels"
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"] == "improved" and config["dataset"] == "mnist"
+    assert config["data_dir"] == str(BUNDLED_MNIST) and config["mnist_train_prefix"] == "train-5k"
+    assert "5000 train images (100 labeled, 10 classes), 10000 test" in out
+    assert out.strip().splitlines()[-1].startswith("ssgan: done: test accuracy")
+    assert json.loads((run / "summary.json").read_text())["test_accuracy"] > 0.1

@@ -8,6 +8,7 @@ import pytest
 import scipy.io
 import torch
 from PIL import Image
+from torchvision.datasets.utils import calculate_md5
 
 from ssgan import data as D
 
@@ -126,7 +127,7 @@ def test_mnist_idx_round_trip_and_errors(tmp_path):
     assert torch.equal(ds.train.images[:, 0, 2:30, 2:30], torch.from_numpy(images.astype(np.uint8)))
     assert ds.train.labels.tolist() == labels.tolist()
     with pytest.raises(D.DataError, match="missing.*--mnist-train-prefix"):
-        D.load_mnist(tmp_path, train_prefix="train")
+        D.load_mnist(tmp_path, train_prefix="train", download=False)
     raw = (tmp_path / "mine-images-idx3-ubyte.gz").read_bytes()
     (tmp_path / "mine-images-idx3-ubyte.gz").write_bytes(raw[:40])
     with pytest.raises(D.DataError, match="not a valid IDX file.*replace it"):
@@ -209,3 +210,53 @@ def test_sample_grid_round_trips_pixels(tmp_path):
     second = torch.from_numpy(grid[2:10, 12:20].astype(np.float32))
     expected = ((images[1, 0] + 1) * 127.5).clamp(0, 255)
     assert (second - expected).abs().max() <= 1.0
+
+
+def test_bundled_mnist_is_the_default_and_matches_its_readme():
+    ds = D.load_mnist()
+    assert ds.train.images.shape == (5000, 1, 32, 32) and ds.test.images.shape == (10000, 1, 32, 32)
+    assert torch.bincount(ds.train.labels).tolist() == [500] * 10
+    assert ds.train.images.float().mean() > 10
+    readme = (D.BUNDLED_MNIST / "README.md").read_text()
+    assert "CC BY-SA 3.0" in readme and "LeCun" in readme
+    for path in D.BUNDLED_MNIST.glob("*.gz"):
+        assert calculate_md5(str(path)) in readme, path.name
+    if SHARED_MNIST.is_dir():  # the same files as ../shared/data/mnist
+        for path in SHARED_MNIST.glob("*.gz"):
+            assert (D.BUNDLED_MNIST / path.name).read_bytes() == path.read_bytes()
+    # sorted by class: "the first N labels" would all be zeros, which is refused
+    with pytest.raises(D.DataError, match="all of class 0.*--label-selection balanced"):
+        D.select_labeled(ds.train.labels, 100, "first", 10, seed=0)
+    chosen = D.select_labeled(ds.train.labels, 100, "balanced", 10, seed=0)
+    assert torch.bincount(ds.train.labels[chosen]).tolist() == [10] * 10
+
+
+def test_full_mnist_download_checks_md5_and_names_the_fix(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+    monkeypatch.setattr(tv_utils, "_get_redirect_url", lambda url, max_hops=3: url)
+    tried = []
+
+    def offline(url, path, *args, **kwargs):
+        tried.append(url)
+        Path(path).write_bytes(b"partial")
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(tv_utils, "_urlretrieve", offline)
+    with pytest.raises(D.DataError, match="downloading it failed.*--data-dir"):
+        D.load_mnist(tmp_path / "dl")
+    for mirror in D.MNIST_MIRRORS:  # every mirror is tried (torchvision adds an http retry)
+        assert any(mirror.split("//")[1] in url for url in tried), mirror
+    assert not list((tmp_path / "dl").glob("*.gz"))  # no partial file is left behind
+
+    # a mirror serving the official test files (the bundled ones are byte-identical) and a
+    # corrupt training file: the test files are kept, the training file is refused by MD5
+    def serve(url, path, *args, **kwargs):
+        name = url.rsplit("/", 1)[1]
+        source = D.BUNDLED_MNIST / name
+        Path(path).write_bytes(source.read_bytes() if source.exists() else b"not mnist")
+    monkeypatch.setattr(tv_utils, "_urlretrieve", serve)
+    with pytest.raises(D.DataError, match="train-images-idx3-ubyte.gz is missing and "
+                       "downloading it failed"):
+        D.load_mnist(tmp_path / "dl")
+    ds = D.load_mnist(tmp_path / "dl", train_prefix="t10k")
+    assert len(ds.train) == len(ds.test) == 10000
+    assert (tmp_path / "dl" / "t10k-labels-idx1-ubyte.gz").exists()

@@ -50,21 +50,35 @@ def test_two_epoch_smoke_run_writes_everything(tmp_path):
         assert (run / name).stat().st_size > 0, name
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(
-        cfg.lr * cfg.lr_decay ** 2)
+        cfg.lr * cfg.lr_decay)  # the lr epoch 2 trained with
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path):
+IMPROVED_KNOBS = dict(augment_shift=2, ema_decay=0.9, lr_schedule="linear",
+                     entropy_weight=0.1, unlabeled_weight=0.5, labeled_batch_size=8)
+
+
+@pytest.mark.parametrize("knobs", [{}, IMPROVED_KNOBS], ids=["notebook", "improved-knobs"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, knobs):
     data = tiny_dataset()
-    full = T.train(tiny_config(tmp_path / "a", epochs=3), data)
-    T.train(tiny_config(tmp_path / "b", epochs=1), data)           # "killed" after epoch 1
-    resumed = T.train(tiny_config(tmp_path / "b", epochs=3, resume=True), data)
+    full = T.train(tiny_config(tmp_path / "a", epochs=3, **knobs), data)
+    killed = T.Trainer(tiny_config(tmp_path / "b", epochs=3, **knobs), data)
+    save = killed.save_checkpoint
+
+    def save_then_die(path):  # killed right after epoch 1's checkpoint
+        save(path)
+        raise KeyboardInterrupt
+    killed.save_checkpoint = save_then_die
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    resumed = T.train(tiny_config(tmp_path / "b", epochs=3, resume=True, **knobs), data)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
     assert strip(resumed) == strip(full)
     a = torch.load(tmp_path / "a/run/checkpoints/last.pt", weights_only=True)
     b = torch.load(tmp_path / "b/run/checkpoints/last.pt", weights_only=True)
-    for key in ("generator", "discriminator"):
+    for key in ("generator", "discriminator", "discriminator_ema"):
         for name, tensor in a[key].items():
             assert torch.equal(tensor, b[key][name]), name
+    assert bool(a["discriminator_ema"]) == bool(knobs)
     assert len(read_metrics(tmp_path / "b/run/metrics.csv")) == 3
 
 
@@ -122,6 +136,11 @@ def test_supervised_signal_learns_the_tiny_task(tmp_path):
     (dict(drop_rate=1.0), "--drop-rate"),
     (dict(labels=100), "--labels"),
     (dict(device="tpu"), "--device"),
+    (dict(lr_schedule="cosine"), "--lr-schedule"),
+    (dict(augment_shift=-1), "--augment-shift"),
+    (dict(augment_shift=16), "--augment-shift"),
+    (dict(ema_decay=1.0), "--ema-decay"),
+    (dict(entropy_weight=-1.0), "--entropy-weight"),
 ])
 def test_bad_config_names_the_flag(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -180,3 +199,29 @@ def test_resumed_optimizer_state_lives_where_pytorch_keeps_it(tmp_path):
             state = opt.state[p]
             assert state["step"].device.type == "cpu"
             assert state["exp_avg"].device == p.device == state["exp_avg_sq"].device
+
+
+def test_scheduled_lr():
+    exp = T.TrainConfig(lr=1.0, lr_decay=0.5, epochs=4)
+    assert [T.scheduled_lr(exp, step, 10) for step in (0, 9, 10, 35)] == [1, 1, 0.5, 0.125]
+    lin = T.TrainConfig(lr=2.0, lr_schedule="linear", epochs=4)
+    lrs = [T.scheduled_lr(lin, step, 10) for step in range(40)]
+    assert lrs[:21] == [2.0] * 21                      # constant for the first half
+    assert all(a > b for a, b in zip(lrs[20:], lrs[21:]))  # then straight down ...
+    assert lrs[-1] == pytest.approx(2.0 * 2 / 40)       # ... reaching 0 one step after the end
+    assert lrs[30] == pytest.approx(1.0)
+
+
+def test_evaluation_uses_the_weight_average_and_the_checkpoint_keeps_it(tmp_path):
+    data = tiny_dataset()
+    trainer = T.Trainer(tiny_config(tmp_path, epochs=2, ema_decay=0.5), data)
+    trainer.fit()
+    assert trainer.eval_model is trainer.d_ema.module
+    d_state, ema_state = trainer.d.state_dict(), trainer.eval_model.state_dict()
+    assert any(not torch.equal(d_state[k], ema_state[k]) for k in d_state)
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert all(0 <= float(r["test_accuracy_no_ema"]) <= 1 for r in rows)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    for name, tensor in T.ema_weights(state).items():
+        assert torch.equal(tensor, ema_state[name]), name
+    assert T.ema_weights({"discriminator_ema": {}}) == {}
