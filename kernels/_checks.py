@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from . import _target_checks
+
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 MAX_SEED = 2**63 - 1
 MAX_NUMEL = 2**31 - 1  # kernels index in int32 and draw dropout numbers from int32 offsets
@@ -97,17 +99,18 @@ def check_targets(logits: torch.Tensor, target: object, mask: object) -> torch.T
 def check_target_range(target: torch.Tensor, weight: torch.Tensor, num_classes: int) -> None:
     """Labeled rows (weight != 0) must hold a class in [0, num_classes).
 
-    Eagerly this syncs with the device and raises ValueError naming the first bad row. Inside
-    torch.compile (the twins are traced there) it becomes an asynchronous device assert, and it is
-    skipped while a CUDA graph is being captured, where no sync is allowed."""
+    Eagerly this syncs with the device and raises ValueError naming the first bad row (or, in
+    ``deferred_target_checks``, sets the device flag). Inside torch.compile (the twins are traced
+    there) it becomes an asynchronous device assert, and it is skipped while a CUDA graph is
+    being captured, where no sync is allowed."""
     if target.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     bad = (weight != 0) & ((target < 0) | (target >= num_classes))
     if torch.compiler.is_compiling():
         torch._assert_async(~bad.any(), f"a target on a labeled row is outside [0, {num_classes})")
         return
-    if bool(bad.any()):
-        raise_bad_target(target, int(bad.nonzero()[0, 0]), num_classes)
+    _target_checks.report(bad.any(), lambda: raise_bad_target(
+        target, int(bad.nonzero()[0, 0]), num_classes))
 
 
 def raise_bad_target(target: torch.Tensor, row: int, num_classes: int) -> None:

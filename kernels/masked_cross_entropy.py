@@ -4,7 +4,8 @@ Forward is two launches: each program of the reduction kernel computes the weigh
 block of rows (online log-sum-exp over the classes) and writes its partial loss, partial weight
 and first out-of-range labeled row; one finishing program then sums the partials in a fixed
 order (deterministic, no float atomics) and divides. The range check thus costs one scalar read
-on the host instead of extra kernels. Each row's log-sum-exp is kept, which makes backward one
+on the host instead of extra kernels, and none inside ``deferred_target_checks`` (a training
+loop), where it only sets a device flag. Each row's log-sum-exp is kept, which makes backward one
 elementwise pass:
 ``d/dz_ij = g * w_i / max(1, sum w) * (softmax_ij - [j == target_i])``.
 """
@@ -14,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _checks, _inductor, reference
+from . import _checks, _inductor, _target_checks, reference
 from ._backend import backend_for
 from .gan_logits import _blocks, _row_logsumexp
 
@@ -93,11 +94,9 @@ def _forward_op(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
                                                      logits, target, weight)
     else:
         loss, lse, denom, first_bad = _launch_forward(logits, target, weight)
-    # one scalar read (no sync is allowed while a CUDA graph is captured)
-    if not (logits.is_cuda and torch.cuda.is_current_stream_capturing()):
-        row = int(first_bad.item())
-        if row < batch:
-            _checks.raise_bad_target(target, row, num_classes)
+    # one scalar read here, or a device flag inside a training loop (see _target_checks)
+    _target_checks.report(first_bad < batch, lambda: _checks.raise_bad_target(
+        target, int(first_bad.item()), num_classes))
     return loss, lse, denom
 
 

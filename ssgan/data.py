@@ -269,6 +269,20 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
     raise DataError(f"--dataset must be svhn, mnist or folder, got {name!r}")
 
 
+def check_labels(data: Dataset) -> None:
+    """Checks every label once, when the data loads: training labels in [0, classes) or -1
+    (unlabeled), test labels in [0, classes). Training then needs no per-step check."""
+    for split, name, lowest in ((data.train, "training", UNLABELED), (data.test, "test", 0)):
+        if split is None or not len(split):
+            continue
+        low, high = int(split.labels.min()), int(split.labels.max())
+        if low < lowest or high >= data.num_classes:
+            raise DataError(f"the {name} labels span {low}..{high}, but the dataset has "
+                            f"{data.num_classes} classes: expected 0..{data.num_classes - 1}"
+                            + (" or -1 for unlabeled images" if lowest < 0 else "")
+                            + "; fix the label files or the class folders")
+
+
 # ---------------------------------------------------------------- labeled subset
 
 def select_labeled(labels: torch.Tensor, num_labels: int, mode: str, num_classes: int,

@@ -22,12 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 import ssgan.kernels as K
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
 from ssgan import plots
 from ssgan.augment import random_translate
-from ssgan.data import (BUNDLED_MNIST, BUNDLED_TRAIN_PREFIX, Dataset, load_dataset,
-                        select_labeled, to_unit_range)
+from ssgan.averaging import WeightAverage
+from ssgan.data import (BUNDLED_MNIST, BUNDLED_TRAIN_PREFIX, Dataset, check_labels,
+                        load_dataset, select_labeled, to_unit_range)
 from ssgan.losses import discriminator_loss, feature_matching_loss, prediction_entropy
 from ssgan.models import Discriminator, Generator
 
@@ -83,6 +82,7 @@ class TrainConfig:
     extra_class: bool = False
     eval_bn: str = "recalibrated"
     eval_batch_size: int = 1000
+    refresh_every: int = 10
     seed: int = 0
     device: str = "auto"
     kernels: str = "auto"
@@ -217,6 +217,8 @@ def _validate(cfg: TrainConfig, data: Dataset) -> None:
                          f"{', '.join(LABELED_BATCH_TERMS)}, got {cfg.labeled_batch_terms!r}")
     if cfg.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if cfg.refresh_every < 1:
+        raise ValueError(f"--refresh-every must be >= 1, got {cfg.refresh_every}")
     if not 0 <= cfg.drop_rate < 1:
         raise ValueError(f"--drop-rate must be in [0, 1), got {cfg.drop_rate}")
     if cfg.lr_schedule not in LR_SCHEDULES:
@@ -257,6 +259,7 @@ class Trainer:
                                     mnist_test_prefix=cfg.mnist_test_prefix,
                                     image_size=cfg.image_size, channels=cfg.channels)
         _validate(cfg, data)
+        check_labels(data)
         torch.manual_seed(cfg.seed)
         self.data = data.to(self.device)
         self.labeled_idx = select_labeled(data.train.labels, cfg.labels, cfg.label_selection,
@@ -270,8 +273,7 @@ class Trainer:
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=betas)
         # evaluation uses an exponential moving average of D's weights when --ema-decay > 0;
         # its BatchNorm buffers are averaged too (recalibrated evaluation re-estimates them)
-        self.d_ema = (AveragedModel(self.d, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
-                                    use_buffers=True) if cfg.ema_decay else None)
+        self.d_ema = WeightAverage(self.d, cfg.ema_decay) if cfg.ema_decay else None
         self.batch_rng = torch.Generator(self.device).manual_seed(cfg.seed)
         self.fixed_z = (torch.rand(64, cfg.z_dim, generator=torch.Generator().manual_seed(
             cfg.seed + 1)) * 2 - 1).to(self.device)
@@ -335,7 +337,7 @@ class Trainer:
         self.opt_d.step()
         self.opt_g.step()
         if self.d_ema is not None:
-            self.d_ema.update_parameters(self.d)
+            self.d_ema.update(self.d)
         return losses
 
     def _supervised_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -348,7 +350,7 @@ class Trainer:
         loss.backward()
         self.opt_d.step()
         if self.d_ema is not None:
-            self.d_ema.update_parameters(self.d)
+            self.d_ema.update(self.d)
         zero = torch.zeros((), device=self.device)
         return {"d_loss": loss, "supervised": loss, "g_loss": zero,
                 **self._batch_hits(class_real, labels)}
@@ -415,44 +417,66 @@ class Trainer:
                        f"{inductor_cache_dir()} for later runs)")
 
     def _train_epoch(self) -> None:
+        """One pass over the training set. The host reads the device every
+        ``--refresh-every`` steps (and after the last): the summed losses of the window, for
+        the progress bar and the non-finite check, and the target-range flag, in one read."""
         cfg, n = self.cfg, len(self.data.train)
         self.g.train()
         self.d.train()
         steps = n // cfg.batch_size
         perm = torch.randperm(n, device=self.device, generator=self.batch_rng)
-        sums = {"d_loss": 0.0, "g_loss": 0.0, "supervised": 0.0}
-        hits = labeled = 0.0
+        keys = ("d_loss", "g_loss", "supervised", "hits", "labeled")
+        window = torch.zeros(len(keys), device=self.device)
+        totals = dict.fromkeys(keys, 0.0)
         bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not cfg.progress)
         start = time.perf_counter()
-        for i in bar:
-            lr = scheduled_lr(cfg, self.epoch * steps + i, steps)
-            for group in (*self.opt_d.param_groups, *self.opt_g.param_groups):
-                group["lr"] = lr
-            losses = self.step(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-            if self._warmup_pending:
-                self._warmup_pending = False
-                tqdm.write(f"ssgan: first step took {time.perf_counter() - start:.1f} s "
-                           "(compilation included); the rest run at full speed")
-            # one host sync per step: the finiteness check and the progress bar share it
-            *values, step_hits, step_labeled = torch.stack(
-                [losses[k].detach().float() for k in (*sums, "hits", "labeled")]).tolist()
-            if not all(math.isfinite(v) for v in values):
-                raise TrainingError(
-                    f"non-finite loss at epoch {self.epoch + 1}, step {i + 1}: "
-                    + ", ".join(f"{k}={v}" for k, v in zip(sums, values))
-                    + f". The last good checkpoint is kept in {self.run_dir / 'checkpoints'}; "
-                    "lower --lr or check the data, then --resume")
-            for k, v in zip(sums, values):
-                sums[k] += v
-            hits, labeled = hits + step_hits, labeled + step_labeled
-            bar.set_postfix(d=f"{values[0]:.3f}", g=f"{values[1]:.3f}", sup=f"{values[2]:.3f}",
-                            acc=f"{hits / max(1.0, labeled):.3f}")
+        window_start = 0
+        with K.deferred_target_checks() as target_check:
+            for i in bar:
+                lr = scheduled_lr(cfg, self.epoch * steps + i, steps)
+                for group in (*self.opt_d.param_groups, *self.opt_g.param_groups):
+                    group["lr"] = lr
+                losses = self.step(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+                window += torch.stack([losses[k].detach().float() for k in keys])
+                if self._warmup_pending:
+                    self._warmup_pending = False
+                    tqdm.write(f"ssgan: first step took {time.perf_counter() - start:.1f} s "
+                               "(compilation included); the rest run at full speed")
+                if (i + 1) % cfg.refresh_every and i + 1 < steps:
+                    continue
+                *values, bad_target = torch.cat([window, target_check.flagged().to(
+                    window.device)]).tolist()
+                self._check_window(values[:3], bad_target, window_start + 1, i + 1)
+                for k, v in zip(keys, values):
+                    totals[k] += v
+                window.zero_()
+                window_start = i + 1
+                done = i + 1
+                bar.set_postfix(d=f"{totals['d_loss'] / done:.3f}",
+                                g=f"{totals['g_loss'] / done:.3f}",
+                                sup=f"{totals['supervised'] / done:.3f}",
+                                acc=f"{totals['hits'] / max(1.0, totals['labeled']):.3f}")
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         epoch_s = time.perf_counter() - start
         self.epoch += 1
-        self._record(self._evaluate(sums, steps, epoch_s))
+        self._record(self._evaluate(totals, steps, epoch_s))
+
+    def _check_window(self, loss_sums: list[float], bad_target: float, first: int,
+                      last: int) -> None:
+        """Stops on a non-finite loss or an out-of-range labeled target seen in steps
+        ``first``..``last`` of the current epoch; the last good checkpoint stays."""
+        where = f"epoch {self.epoch + 1}, steps {first}..{last}"
+        keep = (f"The last good checkpoint is kept in {self.run_dir / 'checkpoints'}")
+        if not all(math.isfinite(v) for v in loss_sums):
+            raise TrainingError(
+                f"non-finite loss at {where} (summed over the steps: " + ", ".join(
+                    f"{k}={v}" for k, v in zip(("d_loss", "g_loss", "supervised"), loss_sums))
+                + f"). {keep}; lower --lr or check the data, then --resume")
+        if bad_target:
+            raise TrainingError(f"a labeled target outside [0, {self.data.num_classes}) reached "
+                                f"the loss at {where}. {keep}; fix the labels")
 
     def _evaluate(self, sums: dict, steps: int, epoch_s: float) -> dict:
         cfg, data = self.cfg, self.data
@@ -559,8 +583,7 @@ def load_checkpoint_file(path: str | Path,
 
 def ema_weights(state: dict) -> dict:
     """The averaged discriminator's state dict from a checkpoint, or {} without --ema-decay."""
-    return {k.removeprefix("module."): v for k, v in state.get("discriminator_ema", {}).items()
-            if k.startswith("module.")}
+    return state.get("discriminator_ema", {})
 
 
 def evaluate_checkpoint(path: str | Path, *, device: str = "auto",

@@ -171,6 +171,24 @@ def test_target_out_of_range_on_labeled_row(backend, device):
         K.masked_cross_entropy(logits, target, mask)
 
 
+def test_deferred_target_check_flags_on_the_device_instead_of_raising(backend, device):
+    logits, target, mask = _batch(6, 10, torch.float32, device)
+    with K.deferred_target_checks() as check:
+        assert check.flagged().tolist() == [0.0]  # nothing checked yet
+        K.masked_cross_entropy(logits, target, mask)
+        assert check.flag.device == logits.device and check.flagged().tolist() == [0.0]
+        mask[2], target[2] = True, 10
+        loss = K.masked_cross_entropy(logits, target, mask)  # no ValueError here ...
+        assert torch.isfinite(loss)  # ... and the bad row does not poison the loss
+        target[2] = 3
+        K.masked_cross_entropy(logits, target, mask)
+        assert check.flagged().tolist() == [1.0]  # the flag stays set
+    assert K.backend_for(logits) == backend
+    target[2] = 10
+    with pytest.raises(ValueError, match=r"target\[2\] = 10"):  # outside: raises again
+        K.masked_cross_entropy(logits, target, mask)
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda z, t, m: (z, t.float(), m), "target must be an int64"),
     (lambda z, t, m: (z, t, m.long()), "mask must be a bool or float"),

@@ -3,6 +3,7 @@ import csv
 import pytest
 import torch
 
+import ssgan.kernels as K
 import ssgan.train as T
 from ssgan.data import Dataset, Split
 
@@ -84,7 +85,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, knobs):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     data = tiny_dataset()
-    trainer = T.Trainer(tiny_config(tmp_path, epochs=3), data)
+    trainer = T.Trainer(tiny_config(tmp_path, epochs=3, refresh_every=2), data)
     real_step = trainer.step
     calls = {"n": 0}
 
@@ -96,10 +97,25 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
         return losses
 
     monkeypatch.setattr(trainer, "step", step)
-    with pytest.raises(T.TrainingError, match=r"non-finite loss at epoch 2, step 2.*--resume"):
+    with pytest.raises(T.TrainingError, match=r"non-finite loss at epoch 2, steps 1\.\.2.*"
+                       "last good checkpoint.*--resume"):
         trainer.fit()
     state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     assert state["epoch"] == 1
+
+
+@pytest.mark.parametrize("kernels", ["triton", "inductor", "torch"])
+def test_bad_label_is_refused_at_load_and_flagged_on_the_device_in_training(tmp_path, kernels):
+    data = tiny_dataset()
+    data.train.labels[5] = 7  # 3 classes
+    with pytest.raises(ValueError, match="training labels span 0..7.*expected 0..2 or -1"):
+        T.Trainer(tiny_config(tmp_path, kernels=kernels), data)
+    # a label corrupted after loading reaches the loss: the device flag stops the run
+    trainer = T.Trainer(tiny_config(tmp_path, kernels=kernels, epochs=2), tiny_dataset())
+    trainer.train_labels[trainer.labeled_idx] = 3
+    with pytest.raises(T.TrainingError, match=r"labeled target outside \[0, 3\) reached the "
+                       r"loss at epoch 1, steps 1\.\.3"):
+        trainer.fit()
 
 
 def test_existing_run_needs_resume_and_resume_needs_checkpoint(tmp_path):
@@ -141,6 +157,7 @@ def test_supervised_signal_learns_the_tiny_task(tmp_path):
     (dict(augment_shift=16), "--augment-shift"),
     (dict(ema_decay=1.0), "--ema-decay"),
     (dict(entropy_weight=-1.0), "--entropy-weight"),
+    (dict(refresh_every=0), "--refresh-every"),
 ])
 def test_bad_config_names_the_flag(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -225,3 +242,33 @@ def test_evaluation_uses_the_weight_average_and_the_checkpoint_keeps_it(tmp_path
     for name, tensor in T.ema_weights(state).items():
         assert torch.equal(tensor, ema_state[name]), name
     assert T.ema_weights({"discriminator_ema": {}}) == {}
+
+
+READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+
+
+@pytest.mark.parametrize("kernels", ["triton", "inductor"])
+def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch, kernels):
+    """Host reads stop a GPU's queue: a step must make none. Every Tensor method that reads a
+    value is counted during one Trainer.step (with every improved-recipe knob on), except on
+    Adam's step counters, which PyTorch keeps on the CPU by design."""
+    trainer = T.Trainer(tiny_config(tmp_path, kernels=kernels, **IMPROVED_KNOBS), tiny_dataset())
+    idx = torch.arange(trainer.cfg.batch_size)
+    with K.use_backend(kernels), K.deferred_target_checks():
+        trainer.step(idx)  # compiles, creates Adam's state
+        counters = {id(s["step"]) for opt in (trainer.opt_d, trainer.opt_g)
+                    for s in opt.state.values()}
+        reads = []
+        for name in READS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(self, *args, _original=original, _name=name, **kwargs):
+                if id(self) not in counters:
+                    reads.append((_name, tuple(self.shape)))
+                return _original(self, *args, **kwargs)
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        trainer.step(idx)
+        monkeypatch.undo()
+        assert K.backend_for(trainer.data.train.images) == ("interpret" if kernels == "triton"
+                                                             else kernels)
+    assert reads == []
