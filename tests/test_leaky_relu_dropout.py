@@ -149,11 +149,18 @@ def test_seed_determinism_and_manual_seed(backend, device):
 
 @pytest.mark.parametrize("path", [KERNEL_PATH, "inductor"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_same_mask_on_every_path_as_the_eager_twin(device, monkeypatch, path, channels_last):
+@pytest.mark.parametrize("shape", [
+    (8, 5, 7, 3),      # S = 21: one Philox evaluation per element
+    (6, 5, 4, 4),      # S % 4 == 0: one evaluation per four elements (the model's shapes)
+    (2, 3, 64, 48),    # ... over several position blocks per channel
+    (3, 300, 2, 2),    # ... over several channel blocks and position blocks (channels-last)
+])
+def test_same_mask_on_every_path_as_the_eager_twin(device, monkeypatch, path, channels_last,
+                                                   shape):
     """Equal seeds give bit-identical masks, forward and backward, on the Triton path and the
     Inductor path as on the eager twin (the reference)."""
     monkeypatch.setenv("SSGAN_KERNELS", "triton" if path == KERNEL_PATH else path)
-    x = randn(8, 5, 7, 3, device=device).abs() + 0.1
+    x = randn(*shape, device=device).abs() + 0.1
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     assert K.backend_for(x) == path
@@ -284,7 +291,8 @@ def test_fp64_kernels_take_no_fp32_scalars_on_the_gpu(kernel):
     TTIR for an H100 (compiled here, in a process without the interpreter) has no f32
     argument and no f32 -> f64 extension."""
     flags = dict(NEGATIVE_SLOPE=0.2, P=0.3, KEEP_SCALE=1 / 0.7, HAS_SCALE=True, HAS_SHIFT=True,
-                 HAS_DROPOUT=True, CHANNELS_LAST=False, IS_FP64=True, BLOCK_A=8, BLOCK_B=256)
+                 HAS_DROPOUT=True, SHARED_PHILOX=True, CHANNELS_LAST=False, IS_FP64=True,
+                 BLOCK_A=8, BLOCK_B=256, GROUP=4)
     if kernel == "_backward_kernel":
         flags["AFFINE_GRADS"] = True
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
