@@ -65,12 +65,13 @@ def _describe(value: object) -> list:
 
 
 @contextlib.contextmanager
-def record_launches(dry: bool = False) -> Iterator[list[dict]]:
-    """Records every kernel launch in the block as ``{"kernel", "args", "kwargs", "grid"}``.
+def record_launches(dry: bool = False, into: list[dict] | None = None) -> Iterator[list[dict]]:
+    """Records every kernel launch in the block as ``{"kernel", "args", "kwargs", "grid"}``,
+    appended to ``into`` (a new list by default), which the block gets.
 
     ``dry``: record without running the kernel (outputs keep whatever memory they had), which
     records a full-size model step in the interpreter in milliseconds."""
-    launches: list[dict] = []
+    launches: list[dict] = [] if into is None else into
     originals = {}
     for name, kernel in _launchable_kernels().items():
         originals[name] = kernel.__dict__.get("run")
@@ -163,34 +164,43 @@ def _compile_one(job: tuple[str, int, dict]) -> dict:
             "num_warps": compiled.metadata.num_warps, "shared_bytes": compiled.metadata.shared}
 
 
-def specialization_key(name: str, launch: dict) -> str:
+def specialization_key(name: str, launch: dict, structural: bool = False) -> str:
     """Launches that differ only in integer values Triton does not specialize on compile to
-    the same binary; this key (computed for sm_90) tells them apart."""
+    the same binary; this key (computed for sm_90) tells them apart.
+
+    ``structural``: also ignore the values of float constants (slope, p, 1/(1-p)), which only
+    change immediates in the same instruction stream (p == 0 is a separate flag)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import make_backend
     kernel = _launchable_kernels()[name]
     _, signature, constexprs, attrs = _specialization(
         kernel, launch, make_backend(GPUTarget("cuda", 90, 32)))
+    if structural:
+        constexprs = {k: "float" if isinstance(v, float) else v for k, v in constexprs.items()}
     return repr((name, sorted(signature.items()), sorted(constexprs.items()),
                  sorted(attrs.items())))
 
 
 def compile_distinct(launches: list[dict], archs: tuple[int, ...] = ARCHS,
-                     jobs: int = os.cpu_count() or 1) -> list[dict]:
+                     jobs: int = os.cpu_count() or 1, structural: bool = False) -> list[dict]:
     """Compiles each distinct specialization among ``launches`` once per arch (in this
     process, which must not run the interpreter). Each result carries ``elements`` (the
-    largest element count among its launches) and ``launches`` (how many it stands for)."""
+    largest element count among its launches), ``launches`` (how many it stands for) and
+    ``sources`` (the launches' ``source`` tags). ``structural``: see
+    :func:`specialization_key`."""
     groups: dict[str, list[dict]] = {}
     for launch in launches:
-        groups.setdefault(specialization_key(launch["kernel"], launch), []).append(launch)
+        groups.setdefault(specialization_key(launch["kernel"], launch, structural),
+                          []).append(launch)
     work = [(members[0]["kernel"], arch, members[0]) for members in groups.values()
             for arch in archs]
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         results = list(pool.map(_compile_one, work))
-    sizes = {id(members[0]): (max(_elements(m) for m in members), len(members))
+    facts = {id(members[0]): (max(_elements(m) for m in members), len(members),
+                              sorted({m.get("source", "") for m in members}))
              for members in groups.values()}
     for result, (_, _, launch) in zip(results, work):
-        result["elements"], result["launches"] = sizes[id(launch)]
+        result["elements"], result["launches"], result["sources"] = facts[id(launch)]
     return results
 
 
@@ -200,7 +210,7 @@ def _elements(launch: dict) -> int:
 
 
 def compile_launches(launches: list[dict], archs: tuple[int, ...] = ARCHS,
-                     jobs: int = os.cpu_count() or 1) -> list[dict]:
+                     jobs: int = os.cpu_count() or 1, structural: bool = False) -> list[dict]:
     """:func:`compile_distinct` in a fresh process without ``TRITON_INTERPRET`` (the caller may
     be running the interpreter, whose kernels cannot be compiled)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,7 +218,8 @@ def compile_launches(launches: list[dict], archs: tuple[int, ...] = ARCHS,
         src.write_text(json.dumps(launches))
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         proc = subprocess.run([sys.executable, "-m", "bench.gpu_compile", str(src), "--out",
-                               str(out), "--archs", *map(str, archs), "--jobs", str(jobs)],
+                               str(out), "--archs", *map(str, archs), "--jobs", str(jobs),
+                               *(["--structural"] if structural else [])],
                               env=env, capture_output=True, text=True,
                               cwd=Path(__file__).resolve().parents[1])
         if proc.returncode:
@@ -222,12 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="where to write the JSON results")
     parser.add_argument("--archs", type=int, nargs="+", default=list(ARCHS))
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--structural", action="store_true",
+                        help="compile one of the launches that differ only in float constants")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     launches = json.loads(Path(args.launches).read_text())
     Path(args.out).write_text(json.dumps(compile_distinct(launches, tuple(args.archs),
-                                                          args.jobs), indent=1))
+                                                          args.jobs, args.structural),
+                                         indent=1))
     return 0
 
 

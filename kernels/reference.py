@@ -10,6 +10,8 @@ for fp64 input.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _checks
@@ -35,10 +37,15 @@ def dropout_keep_mask(seed: torch.Tensor, shape: torch.Size, p: float,
 # ---------------------------------------------------------------- leaky-ReLU + dropout
 
 def is_channels_last(x: torch.Tensor) -> bool:
-    """True when channels are the fastest-moving dim (every contiguous 2-D tensor qualifies)."""
+    """True when channels are the fastest-moving dim (every contiguous 2-D tensor qualifies).
+    A tensor that is both layouts at once (one channel, or one position) counts as
+    channels-last only when it has at least as many channels as positions, so that the
+    kernels' tiles run along the longer axis."""
     if x.dim() <= 2:
         return x.is_contiguous()
-    return x.movedim(1, -1).is_contiguous()
+    if not x.movedim(1, -1).is_contiguous():
+        return False
+    return not x.is_contiguous() or x.shape[1] >= math.prod(x.shape[2:])
 
 
 def output_like(x: torch.Tensor) -> torch.Tensor:

@@ -11,17 +11,18 @@ def random_translate(images: torch.Tensor, max_shift: int,
     the uncovered border with 0 (the standard SSL benchmarks' +-2 px translation).
 
     images: uint8 (or any dtype) (B, C, H, W) on any device. Returns the same shape and dtype on
-    the same device (strides may differ). ``max_shift=0`` returns ``images`` unchanged."""
+    the same device, contiguous. ``max_shift=0`` returns ``images`` unchanged."""
     if max_shift < 0:
         raise ValueError(f"--augment-shift must be >= 0, got {max_shift}")
     if max_shift == 0:
         return images
-    b, _, h, w = images.shape
+    b, c, h, w = images.shape
     padded = F.pad(images, (max_shift,) * 4)
     offsets = torch.randint(0, 2 * max_shift + 1, (2, b, 1), device=images.device,
                             generator=generator)
     rows = offsets[0] + torch.arange(h, device=images.device)   # (B, H)
     cols = offsets[1] + torch.arange(w, device=images.device)   # (B, W)
-    batch = torch.arange(b, device=images.device)[:, None, None]
-    # advanced indexing on dims 0, 2, 3 puts them first: (B, H, W, C)
-    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    batch = torch.arange(b, device=images.device)[:, None, None, None]
+    channel = torch.arange(c, device=images.device)[None, :, None, None]
+    # indexing every dim yields a plain contiguous (B, C, H, W) batch
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]

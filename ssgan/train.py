@@ -267,6 +267,7 @@ class Trainer:
         # labels the model may see: -1 everywhere except the chosen labeled subset
         self.train_labels = torch.full_like(self.data.train.labels, -1)
         self.train_labels[self.labeled_idx] = self.data.train.labels[self.labeled_idx]
+        self.layout = memory_format(self.device)
         self.g, self.d = build_models(cfg, data, self.device)
         betas = (cfg.beta1, 0.999)
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=betas)
@@ -292,10 +293,11 @@ class Trainer:
         return self.labeled_idx[pick]
 
     def _real_images(self, idx: torch.Tensor) -> torch.Tensor:
-        """Training images ``idx``, augmented with ``--augment-shift``, as float in [-1, 1]."""
+        """Training images ``idx``, augmented with ``--augment-shift``, as float in [-1, 1], in
+        the models' memory layout (a translated batch comes out channels-last)."""
         images = random_translate(self.data.train.images[idx], self.cfg.augment_shift,
                                   self.batch_rng)
-        return to_unit_range(images)
+        return to_unit_range(images).contiguous(memory_format=self.layout)
 
     @property
     def eval_model(self) -> Discriminator:

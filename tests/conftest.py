@@ -38,3 +38,24 @@ def _fresh_backend_override():
     K.set_backend(None)
     yield
     K.set_backend(None)
+
+
+# Every Triton launch of the session is recorded, so that test_gpu_compile (ordered last)
+# compiles for real GPUs exactly the specializations the tests ran, not a hand-kept list.
+SESSION_LAUNCHES: list[dict] = []
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _record_kernel_launches():
+    from bench.gpu_compile import record_launches
+    with record_launches(into=SESSION_LAUNCHES):
+        yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "after_all_tests: run after every other test (it "
+                            "reads what the others recorded)")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.get_closest_marker("after_all_tests") is not None)

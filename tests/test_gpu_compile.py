@@ -1,0 +1,54 @@
+"""Every Triton kernel specialization compiles for A100 (sm_80) and H100 (sm_90) without
+spills, and the dropout kernels meet their instruction budget: checked on this CPU with the
+compiler and cuobjdump that ship in the triton wheel (bench.gpu_compile)."""
+import pytest
+
+from bench import gpu_static
+from bench.gpu_compile import compile_launches
+from conftest import SESSION_LAUNCHES
+
+# a forward moves 2 elements' bytes, a backward 3: within these per-element instruction counts
+# an H100 stays memory-bound in fp32 (bench.gpu_static models it)
+DROPOUT_BUDGET = {"leaky_relu_dropout.forward": 40, "leaky_relu_dropout.backward": 50}
+MAX_DROPOUT_REGISTERS = 128
+
+
+@pytest.fixture(scope="module")
+def compiled() -> list[dict]:
+    """The model's launches (the notebook and improved steps at batch 128), bench.kernels'
+    launches in fp32/bf16/fp16, and every launch the tests before this one made, compiled.
+    Launches that differ only in a float constant (slope, p) share one compile: the same
+    instructions with other immediates; that keeps this test within a couple of minutes."""
+    launches = (gpu_static.model_step_launches("notebook")
+                + gpu_static.model_step_launches("improved")
+                + gpu_static.bench_kernel_launches()
+                + [{**launch, "source": "tests"} for launch in SESSION_LAUNCHES])
+    return [gpu_static.annotate(r) for r in compile_launches(launches, jobs=2, structural=True)]
+
+
+@pytest.mark.after_all_tests
+def test_every_specialization_compiles_for_sm80_and_sm90_without_spills(compiled):
+    assert {r["arch"] for r in compiled} == {"sm_80", "sm_90"}
+    sources = {s.split(":")[0] for r in compiled for s in r["sources"]}
+    assert {"model", "bench.kernels"} <= sources
+    errors = [f"{r['kernel']} {r['arch']} {r['constexprs']}: {r['error']}"
+              for r in compiled if "error" in r]
+    assert not errors, "\n".join(errors)
+    spills = [(r["op"], r["arch"], gpu_static.flags(r), r["local_bytes"])
+              for r in compiled if r["local_bytes"]]
+    assert not spills
+
+
+@pytest.mark.after_all_tests
+def test_dropout_kernels_meet_the_instruction_budget_at_the_model_shapes(compiled):
+    at_model_shapes = [
+        r for r in compiled if r["arch"] == "sm_90" and r["constexprs"].get("HAS_DROPOUT")
+        and any(s.startswith("model:") or s.split(":")[-1][:2] in ("D.", "G.")
+                for s in r["sources"])]
+    assert {r["dtype"] for r in at_model_shapes} >= {"fp32", "bf16"}
+    for r in at_model_shapes:
+        where = (r["op"], r["dtype"], gpu_static.flags(r), r["sources"])
+        assert r["constexprs"]["SHARED_PHILOX"], where  # one Philox per four elements
+        assert r["registers"] <= MAX_DROPOUT_REGISTERS, (where, r["registers"])
+        assert r["instructions_per_element"] <= DROPOUT_BUDGET[r["op"]], \
+            (where, r["instructions_per_element"])
