@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for group, seeds in groups.items():
         curves = np.array([seeds[s] for s in sorted(seeds)])
-        epochs = np.arange(1, curves.shape[1] + 1)
-        mean, std = curves.mean(0), curves.std(0)
+        measured = np.isfinite(curves).all(0)  # runs with --eval-every skip epochs
+        epochs = np.arange(1, curves.shape[1] + 1)[measured]
+        mean, std = curves[:, measured].mean(0), curves[:, measured].std(0)
         ax.plot(epochs, mean, label=f"{group} ({len(seeds)} seeds)")
         ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("epoch")

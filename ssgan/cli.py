@@ -60,6 +60,8 @@ HELP = {
     "eval_bn": "BatchNorm at evaluation: running statistics of real data, recalibrated "
                "(re-estimated on real data with dropout off), or batch (the notebook)",
     "eval_batch_size": "batch size of evaluation with --eval-bn running",
+    "eval_every": "measure accuracy every N epochs (and after the last); evaluation "
+                  "re-estimates BatchNorm statistics on the training set, so it costs time",
     "refresh_every": "steps between progress-bar refreshes and non-finite-loss checks (each "
                      "reads the device once; a GPU runs ahead in between)",
     "seed": "random seed (labels, batches, noise, dropout)",

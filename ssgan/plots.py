@@ -23,10 +23,12 @@ def accuracy_curves(history: list[dict], path: str | Path, title: str = "") -> P
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    epochs = [row["epoch"] for row in history]
+    measured = [row for row in history if math.isfinite(float(row["test_accuracy"]))
+                or math.isfinite(float(row["train_accuracy"]))]  # --eval-every skips epochs
+    epochs = [row["epoch"] for row in measured]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(epochs, [row["train_accuracy"] for row in history], label="train (labeled)")
-    ax.plot(epochs, [row["test_accuracy"] for row in history], label="test")
+    ax.plot(epochs, [row["train_accuracy"] for row in measured], ".-", label="train (labeled)")
+    ax.plot(epochs, [row["test_accuracy"] for row in measured], ".-", label="test")
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)

@@ -83,6 +83,7 @@ class TrainConfig:
     eval_bn: str = "recalibrated"
     eval_batch_size: int = 1000
     refresh_every: int = 10
+    eval_every: int = 1
     seed: int = 0
     device: str = "auto"
     kernels: str = "auto"
@@ -219,6 +220,8 @@ def _validate(cfg: TrainConfig, data: Dataset) -> None:
         raise ValueError(f"--epochs must be >= 1, got {cfg.epochs}")
     if cfg.refresh_every < 1:
         raise ValueError(f"--refresh-every must be >= 1, got {cfg.refresh_every}")
+    if cfg.eval_every < 1:
+        raise ValueError(f"--eval-every must be >= 1, got {cfg.eval_every}")
     if not 0 <= cfg.drop_rate < 1:
         raise ValueError(f"--drop-rate must be in [0, 1), got {cfg.drop_rate}")
     if cfg.lr_schedule not in LR_SCHEDULES:
@@ -481,24 +484,28 @@ class Trainer:
                                 f"the loss at {where}. {keep}; fix the labels")
 
     def _evaluate(self, sums: dict, steps: int, epoch_s: float) -> dict:
+        """The epoch's metrics row. Accuracies are measured every ``--eval-every`` epochs and
+        after the last (NaN in between); with ``--ema-decay``, the last epoch also measures D
+        without the average (``test_accuracy_no_ema``), to show what the average buys."""
         cfg, data = self.cfg, self.data
-        eval_bs = eval_batch_size(cfg)
-        d = self.eval_model
-        with eval_bn_statistics(d, cfg, data.train.images):
-            train_acc = accuracy(d, data.train.images[self.labeled_idx],
-                                 data.train.labels[self.labeled_idx], eval_bs, data.num_classes)
-            test_acc = self._test_accuracy(d)
         row = {"epoch": self.epoch, "lr": self.opt_d.param_groups[0]["lr"],
                "d_loss": sums["d_loss"] / steps, "g_loss": sums["g_loss"] / steps,
-               "supervised_loss": sums["supervised"] / steps, "train_accuracy": train_acc,
-               "test_accuracy": test_acc, "step_ms": 1000 * epoch_s / steps, "epoch_s": epoch_s}
-        if self.d_ema is not None:
-            # what the average buys, measured on the same run
-            with eval_bn_statistics(self.d, cfg, data.train.images):
-                row["test_accuracy_no_ema"] = self._test_accuracy(self.d)
-        tqdm.write(f"epoch {self.epoch}/{cfg.epochs}  train acc {train_acc:.4f}  "
-                   f"test acc {test_acc:.4f}  d {row['d_loss']:.4f}  g {row['g_loss']:.4f}  "
-                   f"{row['step_ms']:.1f} ms/step  {epoch_s:.1f} s")
+               "supervised_loss": sums["supervised"] / steps, "train_accuracy": math.nan,
+               "test_accuracy": math.nan, "step_ms": 1000 * epoch_s / steps, "epoch_s": epoch_s}
+        last = self.epoch == cfg.epochs
+        if self.epoch % cfg.eval_every == 0 or last:
+            d = self.eval_model
+            with eval_bn_statistics(d, cfg, data.train.images):
+                row["train_accuracy"] = accuracy(d, data.train.images[self.labeled_idx],
+                                                 data.train.labels[self.labeled_idx],
+                                                 eval_batch_size(cfg), data.num_classes)
+                row["test_accuracy"] = self._test_accuracy(d)
+            if last and self.d_ema is not None:
+                with eval_bn_statistics(self.d, cfg, data.train.images):
+                    row["test_accuracy_no_ema"] = self._test_accuracy(self.d)
+        tqdm.write(f"epoch {self.epoch}/{cfg.epochs}  train acc {row['train_accuracy']:.4f}  "
+                   f"test acc {row['test_accuracy']:.4f}  d {row['d_loss']:.4f}  "
+                   f"g {row['g_loss']:.4f}  {row['step_ms']:.1f} ms/step  {epoch_s:.1f} s")
         return row
 
     def _test_accuracy(self, d: Discriminator) -> float:

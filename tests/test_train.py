@@ -158,6 +158,7 @@ def test_supervised_signal_learns_the_tiny_task(tmp_path):
     (dict(ema_decay=1.0), "--ema-decay"),
     (dict(entropy_weight=-1.0), "--entropy-weight"),
     (dict(refresh_every=0), "--refresh-every"),
+    (dict(eval_every=0), "--eval-every"),
 ])
 def test_bad_config_names_the_flag(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -237,7 +238,8 @@ def test_evaluation_uses_the_weight_average_and_the_checkpoint_keeps_it(tmp_path
     d_state, ema_state = trainer.d.state_dict(), trainer.eval_model.state_dict()
     assert any(not torch.equal(d_state[k], ema_state[k]) for k in d_state)
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
-    assert all(0 <= float(r["test_accuracy_no_ema"]) <= 1 for r in rows)
+    assert [r["test_accuracy_no_ema"] != "" for r in rows] == [False, True]  # the last epoch
+    assert 0 <= float(rows[-1]["test_accuracy_no_ema"]) <= 1
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     for name, tensor in T.ema_weights(state).items():
         assert torch.equal(tensor, ema_state[name]), name
@@ -272,3 +274,10 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatc
         assert K.backend_for(trainer.data.train.images) == ("interpret" if kernels == "triton"
                                                              else kernels)
     assert reads == []
+
+
+def test_eval_every_measures_accuracy_every_n_epochs_and_after_the_last(tmp_path):
+    history = T.train(tiny_config(tmp_path, epochs=5, eval_every=2), tiny_dataset())
+    measured = [row["epoch"] for row in history if row["test_accuracy"] == row["test_accuracy"]]
+    assert measured == [2, 4, 5]
+    assert (tmp_path / "run" / "accuracy.png").stat().st_size > 0
