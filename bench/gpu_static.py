@@ -116,8 +116,9 @@ DTYPE_BYTES = {"fp64": 8, "fp32": 4, "fp16": 2, "bf16": 2}
 
 
 def main_dtype(result: dict) -> str:
-    """The dtype of the kernel's first pointer argument (its main input), e.g. 'fp32'."""
-    return next(v for v in result["signature"].values() if v.startswith("*"))[1:]
+    """The dtype of the kernel's main input (``x_ptr``, else its first pointer), e.g. 'fp32'."""
+    signature = result["signature"]
+    return signature.get("x_ptr", next(v for v in signature.values() if v.startswith("*")))[1:]
 
 
 def element_bytes(result: dict) -> float:
@@ -135,8 +136,9 @@ def elements_per_program(result: dict) -> int:
     c = result["constexprs"]
     if "BLOCK_A" in c:
         return c["BLOCK_A"] * c["BLOCK_B"]
-    if "BLOCK_C" in c:
-        return c["BLOCK_B"] * c["BLOCK_C"]
+    for columns in ("BLOCK_C", "BLOCK_K"):   # row kernels: rows x one column block
+        if columns in c:
+            return c["BLOCK_B"] * c[columns]
     return c.get("BLOCK", 1)
 
 
@@ -292,7 +294,8 @@ FLAG_NAMES = ("HAS_DROPOUT", "SHARED_PHILOX", "CHANNELS_LAST", "HAS_SCALE", "AFF
 def flags(result: dict) -> str:
     c = result["constexprs"]
     on = [k.lower() for k in FLAG_NAMES if c.get(k) is True]
-    blocks = "x".join(str(c[k]) for k in ("BLOCK_A", "BLOCK_B", "BLOCK_C", "BLOCK") if k in c)
+    blocks = "x".join(str(c[k]) for k in ("BLOCK_A", "BLOCK_B", "BLOCK_C", "BLOCK_K", "BLOCK")
+                      if k in c)
     p = f"p={c['P']}" if c.get("HAS_DROPOUT") else ""
     return " ".join(filter(None, [*on, p, f"block {blocks}"]))
 
@@ -351,9 +354,9 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.barh(range(len(lrd)), [r["instructions_per_element"] for r in lrd], color=[
         "tab:red" if r["constexprs"].get("HAS_DROPOUT") else "tab:blue" for r in lrd])
     per_byte = H100["thread_instructions_per_s"] / H100["hbm_bytes_per_s"]
-    for bpe, label in ((8, "fp32 forward"), (4, "bf16 forward")):
+    for i, (bpe, label) in enumerate(((8, "fp32 forward"), (4, "bf16 forward"))):
         ax.axvline(per_byte * bpe, ls=":", color="gray")
-        ax.text(per_byte * bpe, len(lrd) - 0.5, f" memory-bound up to here ({label})",
+        ax.text(per_byte * bpe, len(lrd) * (0.3 + 0.4 * i), f" {label}:\n memory-bound\n below this",
                 fontsize=7, color="gray")
     ax.set_yticks(range(len(lrd)), labels, fontsize=6)
     ax.set_xlabel("SASS instructions per element (sm_90, static)")
