@@ -42,8 +42,8 @@ HELP = {
     "lr": "Adam learning rate for both players",
     "beta1": "Adam beta1",
     "lr_decay": "learning-rate factor applied after every epoch (--lr-schedule exponential)",
-    "lr_schedule": "exponential (times --lr-decay after every epoch) or linear (constant for "
-                   "the first half, then down to 0 at the last step)",
+    "lr_schedule": "exponential (times --lr-decay after every epoch), constant, or linear "
+                   "(constant for the first half, then down to 0 at the last step)",
     "augment_shift": "random translation of real training images by up to this many pixels, "
                      "done on the device (0 = off)",
     "ema_decay": "evaluate an exponential moving average of D's weights with this decay per "

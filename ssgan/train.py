@@ -35,7 +35,7 @@ METRIC_FIELDS = ["epoch", "lr", "d_loss", "g_loss", "supervised_loss", "train_ac
 
 
 LABELED_BATCH_TERMS = ("all", "supervised")
-LR_SCHEDULES = ("exponential", "linear")
+LR_SCHEDULES = ("exponential", "constant", "linear")
 
 
 class TrainingError(RuntimeError):
@@ -98,9 +98,9 @@ class TrainConfig:
 # (README, "Results"); ``notebook`` is TrainConfig's defaults.
 RECIPES: dict[str, dict] = {
     "improved": {"dataset": "mnist", "labels": 100, "label_selection": "balanced",
-                 "labeled_batch_size": 64, "labeled_batch_terms": "supervised",
-                 "lr_schedule": "linear", "augment_shift": 2, "ema_decay": 0.995,
-                 "epochs": 50},
+                 "labeled_batch_size": 64, "labeled_batch_terms": "supervised", "lr": 1e-3,
+                 "lr_schedule": "constant", "augment_shift": 2, "ema_decay": 0.995,
+                 "entropy_weight": 0.3, "epochs": 100, "eval_every": 5},
     "notebook": {},
 }
 
@@ -241,11 +241,13 @@ def _validate(cfg: TrainConfig, data: Dataset) -> None:
 def scheduled_lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The learning rate of global step ``step`` (0-based).
 
-    ``exponential``: ``lr * lr_decay ** epoch`` (the notebook). ``linear``: ``lr`` for the
-    first half of training, then a straight line down to 0 at the last step (Improved GAN's
-    schedule)."""
+    ``exponential``: ``lr * lr_decay ** epoch`` (the notebook). ``constant``: ``lr``.
+    ``linear``: ``lr`` for the first half of training, then a straight line down to 0 at the
+    last step (Improved GAN's schedule)."""
     if cfg.lr_schedule == "exponential":
         return cfg.lr * cfg.lr_decay ** (step // steps_per_epoch)
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
     remaining = 1.0 - step / (cfg.epochs * steps_per_epoch)
     return cfg.lr * min(1.0, 2.0 * remaining)
 

@@ -222,6 +222,7 @@ def test_resumed_optimizer_state_lives_where_pytorch_keeps_it(tmp_path):
 def test_scheduled_lr():
     exp = T.TrainConfig(lr=1.0, lr_decay=0.5, epochs=4)
     assert [T.scheduled_lr(exp, step, 10) for step in (0, 9, 10, 35)] == [1, 1, 0.5, 0.125]
+    assert T.scheduled_lr(T.TrainConfig(lr=0.5, lr_schedule="constant"), 1000, 10) == 0.5
     lin = T.TrainConfig(lr=2.0, lr_schedule="linear", epochs=4)
     lrs = [T.scheduled_lr(lin, step, 10) for step in range(40)]
     assert lrs[:21] == [2.0] * 21                      # constant for the first half
