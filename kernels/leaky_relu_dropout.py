@@ -237,6 +237,26 @@ def _native_layout(t: torch.Tensor, channels_last: bool | None = None) -> torch.
     return t.contiguous()
 
 
+# fp32 lanes in one AVX-512 vector: the compiled CPU loops vectorize along the fastest dim
+CPU_VECTOR_LANES = 16
+
+
+def _inductor_layout(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as the compiled CPU loops read it fastest. A channels-last tensor with fewer
+    channels than one vector (an RGB image) leaves the vectors mostly empty: measured at
+    128x3x32x32, its dropout ran 2.5-2.8 ms channels-last against 0.25 ms channels-first,
+    and each layout copy costs 0.06 ms. Every other tensor is returned as it is."""
+    if (t.dim() > 2 and t.shape[1] < CPU_VECTOR_LANES and not t.is_contiguous()
+            and reference.is_channels_last(t)):
+        return t.contiguous()
+    return t
+
+
+def _into(out: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """``result`` in ``out``'s layout (``out`` itself when ``result`` was computed there)."""
+    return out if result is out else out.copy_(result)
+
+
 def _as_ncs(t: torch.Tensor) -> torch.Tensor:
     """A view of a channels-first or channels-last tensor as (N, C, S): the compiled CPU path
     then sees one rank whatever the input's, so it compiles once per layout, not per rank."""
@@ -261,9 +281,11 @@ def _forward_op(x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[
         return torch.empty_like(x)
     y = torch.empty_like(x)
     if backend == "inductor":
-        _inductor.call(reference.leaky_relu_dropout_forward, _as_ncs(x), scale, shift, seed,
-                       negative_slope, p, _as_ncs(y))
-        return y
+        x_run = _inductor_layout(x)
+        y_run = y if x_run is x else torch.empty_like(x_run)
+        _inductor.call(reference.leaky_relu_dropout_forward, _as_ncs(x_run), scale, shift, seed,
+                       negative_slope, p, _as_ncs(y_run))
+        return _into(y, y_run)
     plan = _Launch.plan(x)
     _forward_kernel[plan.grid](
         x, y, scale if scale is not None else x, shift if shift is not None else x, seed,
@@ -288,10 +310,12 @@ def _backward_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor
     dy = _native_layout(dy, plan.channels_last if plan else False)
     dx = torch.empty_like(x)
     if backend == "inductor" and plan is not None:
-        _, dscale, dshift = _inductor.call(reference.leaky_relu_dropout_backward, _as_ncs(dy),
-                                           _as_ncs(x), scale, shift, seed, negative_slope, p,
-                                           affine_grads, _as_ncs(dx))
-        return dx, dscale, dshift
+        x_run = _inductor_layout(x)
+        dy_run, dx_run = (dy, dx) if x_run is x else (dy.contiguous(), torch.empty_like(x_run))
+        _, dscale, dshift = _inductor.call(reference.leaky_relu_dropout_backward,
+                                           _as_ncs(dy_run), _as_ncs(x_run), scale, shift, seed,
+                                           negative_slope, p, affine_grads, _as_ncs(dx_run))
+        return _into(dx, dx_run), dscale, dshift
     acc_dtype = reference.compute_dtype(x.dtype)
     num_rows = plan.grid_a if (plan and affine_grads) else 0
     dscale_partial = torch.zeros(num_rows, x.shape[1] if x.dim() > 1 else 1, dtype=acc_dtype,

@@ -57,7 +57,8 @@ def test_gradcheck_fp64_without_affine(backend, device):
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize("shape,channels_last", [((6, 10), False), ((4, 5, 6, 3), False),
-                                                 ((4, 5, 6, 3), True), ((3, 7, 13), False)])
+                                                 ((4, 5, 6, 3), True), ((3, 7, 13), False),
+                                                 ((3, 20, 3, 2), True)])
 @pytest.mark.parametrize("p", [0.0, 0.5])
 def test_matches_fp64_reference(backend, device, dtype, shape, channels_last, p):
     x, scale, shift = _inputs(shape, dtype, device, channels_last)
@@ -74,6 +75,8 @@ def test_matches_fp64_reference(backend, device, dtype, shape, channels_last, p)
     assert y.is_contiguous(memory_format=torch.channels_last) == channels_last or x.dim() != 4
     assert_close_to_truth(y, y64, dtype)
     assert_close_to_truth(leaves[0].grad, truth_leaves[0].grad, dtype)
+    # few channels or many, the gradient keeps the layout too
+    assert leaves[0].grad.stride() == x.stride()
     for got, truth in zip(leaves[1:], truth_leaves[1:]):
         assert got.grad.dtype == dtype
         assert_close_to_truth(got.grad, truth.grad, dtype, scale=10.0)

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 import ssgan.kernels as K
 from conftest import KERNEL_PATH
 from ssgan.losses import discriminator_loss, feature_matching_loss
-from ssgan.models import Discriminator, FoldedBatchNorm, Generator, LeakyBlock, count_parameters
+from ssgan.models import (Discriminator, FoldedBatchNorm, Generator, LeakyBlock, batch_statistics,
+                          count_parameters)
 
 # The notebook's architecture, counted by hand from its TensorFlow layers (conv/dense weights +
 # biases, BN gamma + beta), for 3 input channels and 10 classes:
@@ -58,6 +59,55 @@ def test_folded_block_equals_batchnorm_then_leaky_relu():
     torch.testing.assert_close(block.bn.running_var, bn.running_var)
     block.eval(), bn.eval()
     torch.testing.assert_close(block(x + 1), F.leaky_relu(bn(x + 1), 0.2))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_folded_block_gradients_equal_batchnorm_then_leaky_relu(channels_last):
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(7, 5, 3, 6) * 3 + 1).contiguous(memory_format=layout).requires_grad_()
+    dy = torch.randn(7, 5, 3, 6)
+    block = LeakyBlock(5, alpha=0.2)
+    bn = torch.nn.BatchNorm2d(5, eps=1e-3)
+    weight, bias = torch.rand(5) + 0.5, torch.randn(5)
+    with torch.no_grad():
+        for layer in (block.bn, bn):
+            layer.weight.copy_(weight)
+            layer.bias.copy_(bias)
+    ours = torch.autograd.grad(block(x), (x, block.bn.weight, block.bn.bias), dy)
+    stock = torch.autograd.grad(F.leaky_relu(bn(x), 0.2), (x, bn.weight, bn.bias), dy)
+    for a, b in zip(ours, stock):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _var_mean_statistics(x, eps):
+    var, mean = torch.var_mean(x.double(), dim=[0, 2, 3], correction=0)
+    return mean, (var + eps).rsqrt()
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (9, 16, 2, 3), (1, 2, 7, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_statistics_gradcheck(shape, channels_last):
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 0.5).contiguous(memory_format=layout)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: batch_statistics(t, 1e-3), (x,))
+    # the same function as autograd's var_mean path
+    dmean, dinv = torch.randn(shape[1], dtype=torch.float64), torch.randn(shape[1],
+                                                                            dtype=torch.float64)
+    ours = torch.autograd.grad(batch_statistics(x, 1e-3), x, (dmean, dinv))[0]
+    truth = torch.autograd.grad(_var_mean_statistics(x, 1e-3), x, (dmean, dinv))[0]
+    torch.testing.assert_close(ours, truth, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-5),
+                                       (torch.float16, 1e-5)])
+def test_batch_statistics_are_fp32_for_every_input_dtype(dtype, tol):
+    x = (torch.randn(16, 8, 4, 4) * 3 + 2).to(dtype).contiguous(memory_format=torch.channels_last)
+    mean, invstd = batch_statistics(x, 1e-3)
+    assert mean.dtype == invstd.dtype == torch.float32
+    truth = _var_mean_statistics(x, 1e-3)  # of the very values x holds
+    torch.testing.assert_close(mean.double(), truth[0], rtol=tol, atol=tol)
+    torch.testing.assert_close(invstd.double(), truth[1], rtol=tol, atol=tol)
 
 
 def test_generated_batches_do_not_touch_running_stats():
