@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import triton
 
+from ssgan.cpu_memory import keep_freed_memory
+
 NOT_A_MEASUREMENT = "smoke run of the harness: timings are not results"
 
 
@@ -47,6 +49,9 @@ def setup(args) -> tuple[torch.device, dict, Path]:
     if args.threads:
         torch.set_num_threads(args.threads)
     env = environment(device, args.smoke)
+    # process-wide, so every variant, stock included, runs under the allocator settings that
+    # ssgan's trainer uses on a CPU
+    env["freed_memory_kept"] = keep_freed_memory() if device.type == "cpu" else ""
     if args.smoke:
         print(f"{args.prog}: {NOT_A_MEASUREMENT}")
     return device, env, results_dir(args.out, env)

@@ -25,6 +25,7 @@ import ssgan.kernels as K
 from ssgan import plots
 from ssgan.augment import random_translate
 from ssgan.averaging import WeightAverage
+from ssgan.cpu_memory import keep_freed_memory
 from ssgan.data import (BUNDLED_MNIST, BUNDLED_TRAIN_PREFIX, Dataset, check_labels,
                         load_dataset, select_labeled, to_unit_range)
 from ssgan.losses import discriminator_loss, feature_matching_loss, prediction_entropy
@@ -258,6 +259,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: Dataset | None = None):
         cfg = self.cfg = resolve_data_location(cfg)
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         data = data or load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
                                     verify_md5=cfg.verify_md5,
                                     mnist_train_prefix=cfg.mnist_train_prefix,
