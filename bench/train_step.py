@@ -13,7 +13,8 @@ Variants, all measured in the same run:
 
 Reported per variant: the first step's time (compilation included: ``warmup_s``), the median
 steady-state ms/step, images/s, one SVHN epoch (73,257 images), peak memory of a step, and the
-step's FLOPs as a share of a large matmul's throughput measured in the same run. On a CPU the
+step's FLOPs as a share of the best of a large matmul's and a large convolution's throughput
+measured in the same run (``common.peak_tflops``). On a CPU the
 variants are timed in interleaved rounds, so that a slow spell of the machine hits all alike.
 Output: ``train_step.csv``, ``train_step.md`` and ``train_step.png`` under ``bench/results/``.
 
@@ -143,7 +144,7 @@ def measure(prepared: list[dict], device: torch.device, smoke: bool, rounds: int
         p["ms_q1"], p["ms_q3"] = q[0], q[2]
 
 
-def finish(p: dict, device: torch.device, flops: int, peak_tflops: float) -> dict:
+def finish(p: dict, device: torch.device, flops: int, peak: dict) -> dict:
     run = p.pop("run", None)
     if run is None:
         return p
@@ -152,8 +153,7 @@ def finish(p: dict, device: torch.device, flops: int, peak_tflops: float) -> dic
     return {**p, "images_per_s": batch / ms * 1e3,
             "svhn_epoch_s": SVHN_TRAIN_IMAGES / batch * ms / 1e3,
             "peak_mem_mb": common.peak_memory_mb(run, device), "gflop_per_step": flops / 1e9,
-            "achieved_tflops": tflops, "matmul_tflops": peak_tflops,
-            "pct_matmul_peak": 100 * tflops / peak_tflops}
+            "achieved_tflops": tflops, **peak, "pct_peak": 100 * tflops / peak["peak_tflops"]}
 
 
 def add_speedups(rows: list[dict]) -> None:
@@ -192,8 +192,8 @@ def plot(rows: list[dict], path) -> None:
 
 TABLE = {"variant": "variant", "batch": "batch", "ms_per_step": "ms/step (median)",
          "speedup_vs_stock": "vs stock", "speedup_vs_stock+compile": "vs stock+compile",
-         "warmup_s": "first step, s", "peak_mem_mb": "peak MB", "pct_matmul_peak":
-         "% of matmul FLOP/s"}
+         "warmup_s": "first step, s", "peak_mem_mb": "peak MB", "pct_peak":
+         "% of peak FLOP/s"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPU: timed interleaved rounds (default 30)")
     args = parser.parse_args(argv)
     device, env, out_dir = common.setup(args)
-    peak = common.matmul_tflops(device, args.smoke)
+    peak = common.peak_tflops(device, args.smoke)
     default_batches = [8] if args.smoke else ([128, 512] if device.type == "cuda" else [128])
     rows = []
     for batch in args.batches or default_batches:

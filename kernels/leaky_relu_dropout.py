@@ -252,11 +252,6 @@ def _inductor_layout(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _into(out: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-    """``result`` in ``out``'s layout (``out`` itself when ``result`` was computed there)."""
-    return out if result is out else out.copy_(result)
-
-
 def _as_ncs(t: torch.Tensor) -> torch.Tensor:
     """A view of a channels-first or channels-last tensor as (N, C, S): the compiled CPU path
     then sees one rank whatever the input's, so it compiles once per layout, not per rank."""
@@ -279,13 +274,12 @@ def _forward_op(x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[
     x = _native_layout(x)
     if x.numel() == 0:
         return torch.empty_like(x)
-    y = torch.empty_like(x)
     if backend == "inductor":
         x_run = _inductor_layout(x)
-        y_run = y if x_run is x else torch.empty_like(x_run)
-        _inductor.call(reference.leaky_relu_dropout_forward, _as_ncs(x_run), scale, shift, seed,
-                       negative_slope, p, _as_ncs(y_run))
-        return _into(y, y_run)
+        y = _inductor.call(reference.leaky_relu_dropout_forward, _as_ncs(x_run), scale, shift,
+                           seed, negative_slope, p).view(x.shape)
+        return y if x_run is x else torch.empty_like(x).copy_(y)
+    y = torch.empty_like(x)
     plan = _Launch.plan(x)
     _forward_kernel[plan.grid](
         x, y, scale if scale is not None else x, shift if shift is not None else x, seed,
@@ -308,14 +302,15 @@ def _backward_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor
     x = _native_layout(x)
     plan = _Launch.plan(x) if x.numel() else None
     dy = _native_layout(dy, plan.channels_last if plan else False)
-    dx = torch.empty_like(x)
     if backend == "inductor" and plan is not None:
         x_run = _inductor_layout(x)
-        dy_run, dx_run = (dy, dx) if x_run is x else (dy.contiguous(), torch.empty_like(x_run))
-        _, dscale, dshift = _inductor.call(reference.leaky_relu_dropout_backward,
-                                           _as_ncs(dy_run), _as_ncs(x_run), scale, shift, seed,
-                                           negative_slope, p, affine_grads, _as_ncs(dx_run))
-        return _into(dx, dx_run), dscale, dshift
+        dy_run = dy if x_run is x else dy.contiguous()
+        dx, dscale, dshift = _inductor.call(reference.leaky_relu_dropout_backward,
+                                            _as_ncs(dy_run), _as_ncs(x_run), scale, shift, seed,
+                                            negative_slope, p, affine_grads)
+        dx = dx.view(x.shape)
+        return (dx if x_run is x else torch.empty_like(x).copy_(dx)), dscale, dshift
+    dx = torch.empty_like(x)
     acc_dtype = reference.compute_dtype(x.dtype)
     num_rows = plan.grid_a if (plan and affine_grads) else 0
     dscale_partial = torch.zeros(num_rows, x.shape[1] if x.dim() > 1 else 1, dtype=acc_dtype,

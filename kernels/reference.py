@@ -81,19 +81,23 @@ def _dropout(t: torch.Tensor, seed: torch.Tensor | None, p: float) -> torch.Tens
 
 def leaky_relu_dropout_forward(x: torch.Tensor, scale: torch.Tensor | None,
                                shift: torch.Tensor | None, seed: torch.Tensor | None,
-                               negative_slope: float, p: float, out: torch.Tensor
-                               ) -> torch.Tensor:
+                               negative_slope: float, p: float,
+                               out: torch.Tensor | None = None) -> torch.Tensor:
     """The op's forward without checks: x (N, C, ...), seed a one-element int64 tensor (None
     when p == 0), p the drop probability already set to 0 outside training. Writes y into
-    ``out`` (x's shape; its dtype and memory layout are the caller's choice) and returns it."""
+    ``out`` (x's shape; its dtype and memory layout are the caller's choice; x's when None)
+    and returns it. The compiled CPU path passes None: an output allocated inside the compiled
+    graph is written by the fused loop itself, where one passed in took an extra copy pass
+    (measured at 128x64x16x16 channels-last: 1.7-1.8 ms against 1.9-2.4 ms)."""
     z = _affine(x, scale, shift)
+    out = torch.empty_like(x) if out is None else out
     return out.copy_(_dropout(torch.where(z > 0, z, z * negative_slope), seed, p))
 
 
 def leaky_relu_dropout_backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None,
                                 shift: torch.Tensor | None, seed: torch.Tensor | None,
                                 negative_slope: float, p: float, affine_grads: bool,
-                                dx_out: torch.Tensor
+                                dx_out: torch.Tensor | None = None
                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of :func:`leaky_relu_dropout_forward` from ``dy``, regenerating the mask from
     the seed. Writes dx into ``dx_out`` (as ``out`` of the forward); returns it, and dscale,
@@ -108,6 +112,7 @@ def leaky_relu_dropout_backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.
     dshift = dz.sum(dims).to(shift.dtype) if affine_grads and shift is not None \
         else x.new_empty(0)
     dx = dz * _channel_view(scale, x, dz.dtype) if scale is not None else dz
+    dx_out = torch.empty_like(x) if dx_out is None else dx_out
     return dx_out.copy_(dx), dscale, dshift
 
 
