@@ -300,16 +300,16 @@ def _backward_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor
                  p: float, affine_grads: bool, backend: str
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x = _native_layout(x)
-    plan = _Launch.plan(x) if x.numel() else None
-    dy = _native_layout(dy, plan.channels_last if plan else False)
-    if backend == "inductor" and plan is not None:
+    if backend == "inductor" and x.numel():
         x_run = _inductor_layout(x)
-        dy_run = dy if x_run is x else dy.contiguous()
+        dy_run = _native_layout(dy, x_run is x and reference.is_channels_last(x))
         dx, dscale, dshift = _inductor.call(reference.leaky_relu_dropout_backward,
                                             _as_ncs(dy_run), _as_ncs(x_run), scale, shift, seed,
                                             negative_slope, p, affine_grads)
         dx = dx.view(x.shape)
         return (dx if x_run is x else torch.empty_like(x).copy_(dx)), dscale, dshift
+    plan = _Launch.plan(x) if x.numel() else None
+    dy = _native_layout(dy, plan.channels_last if plan else False)
     dx = torch.empty_like(x)
     acc_dtype = reference.compute_dtype(x.dtype)
     num_rows = plan.grid_a if (plan and affine_grads) else 0

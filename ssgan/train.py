@@ -277,9 +277,12 @@ class Trainer:
         self.train_labels[self.labeled_idx] = self.data.train.labels[self.labeled_idx]
         self.layout = memory_format(self.device)
         self.g, self.d = build_models(cfg, data, self.device)
-        betas = (cfg.beta1, 0.999)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=betas)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=betas)
+        # on a CPU the fused Adam updated both models in 0.36 ms where the default (foreach)
+        # took 1.28 ms (2 threads); on a GPU it would keep its step counters on the device,
+        # unmeasured here, so the GPU keeps the default
+        betas, fused = (cfg.beta1, 0.999), self.device.type == "cpu"
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=betas, fused=fused)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=betas, fused=fused)
         # evaluation uses an exponential moving average of D's weights when --ema-decay > 0;
         # its BatchNorm buffers are averaged too (recalibrated evaluation re-estimates them)
         self.d_ema = WeightAverage(self.d, cfg.ema_decay) if cfg.ema_decay else None
