@@ -74,3 +74,17 @@ def backend_for(tensor: torch.Tensor) -> str:
         "use a CUDA device, set TRITON_INTERPRET=1 before importing ssgan for CPU tensors, "
         "or choose the inductor or torch backend (SSGAN_KERNELS=inductor / --kernels inductor)"
     )
+
+
+def call_op(op, *args):
+    """``op(*args)`` for one of the ops' ``torch.library.custom_op`` halves. While a tracer is
+    at work (``torch.compile``, or fake and functional tensors) it stays the registered op: one
+    opaque node with its fake implementation. In eager mode it calls the op's Python body
+    directly: the custom-op dispatch around it (autograd fallback, no-grad redispatch) cost
+    about 4 ms of a 95 ms CPU training step, measured."""
+    traced = torch.compiler.is_compiling() or any(
+        isinstance(a, torch.Tensor) and type(a) not in _EAGER_TENSOR_TYPES for a in args)
+    return (op if traced else getattr(op, "_init_fn", op))(*args)
+
+
+_EAGER_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)

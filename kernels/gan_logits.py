@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from . import _checks, _inductor, reference
-from ._backend import backend_for
+from ._backend import backend_for, call_op
 
 BLOCK_ELEMENTS = 2048
 MAX_CLASS_BLOCK = 1024
@@ -137,7 +137,7 @@ class GanLogitsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, class_logits, extra_class, backend):
-        out, lse = _forward_op(class_logits, extra_class, backend)
+        out, lse = call_op(_forward_op, class_logits, extra_class, backend)
         ctx.save_for_backward(class_logits, lse)
         ctx.extra_class, ctx.backend = extra_class, backend
         return out
@@ -145,7 +145,8 @@ class GanLogitsFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         class_logits, lse = ctx.saved_tensors
-        return _backward_op(dout, class_logits, lse, ctx.extra_class, ctx.backend), None, None
+        dx = call_op(_backward_op, dout, class_logits, lse, ctx.extra_class, ctx.backend)
+        return dx, None, None
 
 
 def gan_logits(class_logits: torch.Tensor, *, extra_class: bool = False) -> torch.Tensor:

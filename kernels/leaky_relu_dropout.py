@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from . import _checks, _inductor, reference
-from ._backend import backend_for
+from ._backend import backend_for, call_op
 
 BLOCK_ELEMENTS = 2048  # elements per program: big enough to hide latency, small for registers
 MAX_CHANNEL_BLOCK = 256
@@ -347,14 +347,14 @@ class LeakyReLUDropoutFunction(torch.autograd.Function):
     def forward(ctx, x, scale, shift, seed, negative_slope, p, backend):
         ctx.save_for_backward(x, scale, shift, seed)
         ctx.negative_slope, ctx.p, ctx.backend = negative_slope, p, backend
-        return _forward_op(x, scale, shift, seed, negative_slope, p, backend)
+        return call_op(_forward_op, x, scale, shift, seed, negative_slope, p, backend)
 
     @staticmethod
     def backward(ctx, dy):
         x, scale, shift, seed = ctx.saved_tensors
         affine_grads = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        dx, dscale, dshift = _backward_op(dy, x, scale, shift, seed, ctx.negative_slope, ctx.p,
-                                          affine_grads, ctx.backend)
+        dx, dscale, dshift = call_op(_backward_op, dy, x, scale, shift, seed,
+                                     ctx.negative_slope, ctx.p, affine_grads, ctx.backend)
         return (dx if ctx.needs_input_grad[0] else None,
                 dscale if ctx.needs_input_grad[1] else None,
                 dshift if ctx.needs_input_grad[2] else None, None, None, None, None)

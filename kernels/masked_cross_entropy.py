@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from . import _checks, _inductor, _target_checks, reference
-from ._backend import backend_for
+from ._backend import backend_for, call_op
 from .gan_logits import _blocks, _row_logsumexp
 
 
@@ -151,7 +151,7 @@ class MaskedCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, weight, backend):
-        loss, lse, denom = _forward_op(logits, target, weight, backend)
+        loss, lse, denom = call_op(_forward_op, logits, target, weight, backend)
         ctx.save_for_backward(logits, target, weight, lse, denom)
         ctx.backend = backend
         return loss
@@ -159,7 +159,7 @@ class MaskedCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dloss):
         logits, target, weight, lse, denom = ctx.saved_tensors
-        return (_backward_op(dloss, denom, logits, target, weight, lse, ctx.backend),
+        return (call_op(_backward_op, dloss, denom, logits, target, weight, lse, ctx.backend),
                 None, None, None)
 
 

@@ -111,6 +111,43 @@ def test_torch_compile_fullgraph_traces_the_ops(backend, device, compile_backend
         torch.testing.assert_close(a, b)
 
 
+def _ssgan_ops_dispatched(fn, *args) -> set:
+    """Names of the ssgan custom ops that the dispatcher saw while ``fn(*args)`` ran."""
+    seen = set()
+
+    class Log(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "ssgan":
+                seen.add(func.name())
+            return func(*args, **(kwargs or {}))
+
+    with Log():
+        fn(*args)
+    return seen
+
+
+def test_eager_calls_skip_the_custom_op_dispatch_and_tracing_keeps_it(backend, device):
+    if backend == "torch":
+        pytest.skip("the eager twins are plain PyTorch: no custom op at all")
+    x = torch.randn(4, 12, 3, 3, device=device, requires_grad=True)
+    args = (x, torch.rand(12, device=device), torch.randn(12, device=device),
+            torch.tensor([1, -1, 10, 3], device=device),
+            torch.tensor([True, False, True, True], device=device))
+    assert _ssgan_ops_dispatched(lambda: _head(*args).backward()) == set()
+    graph_ops = set()
+
+    def record(gm, example_inputs):  # the autograd.Functions' bodies are nested graphs
+        graph_ops.update(str(n.target) for m in gm.modules()
+                         if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes
+                         if "ssgan" in str(n.target))
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(_head, fullgraph=True, backend=record)(*args).backward()
+    assert {"ssgan.leaky_relu_dropout_fwd.default", "ssgan.gan_logits_fwd.default",
+            "ssgan.masked_cross_entropy_fwd.default"} <= graph_ops, graph_ops
+
+
 def _opcheck_cases(device, backend):
     """(op, args) for every custom op, with a permuted, strided input where the op takes any."""
     # the package exports the ops under their modules' names, so fetch the modules themselves
