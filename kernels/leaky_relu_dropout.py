@@ -252,6 +252,13 @@ def _inductor_layout(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _plain_leaky_relu(scale: torch.Tensor | None, shift: torch.Tensor | None, p: float) -> bool:
+    """Whether the op is a bare leaky ReLU (no affine, no dropout). On a CPU, ATen's own
+    kernel then does the one pass there is to do; a compiled loop only adds its call overhead
+    (measured at 128x64x8x8, fwd+bwd: 0.21 ms compiled against 0.08 ms for ATen)."""
+    return scale is None and shift is None and p == 0
+
+
 def _as_ncs(t: torch.Tensor) -> torch.Tensor:
     """A view of a channels-first or channels-last tensor as (N, C, S): the compiled CPU path
     then sees one rank whatever the input's, so it compiles once per layout, not per rank."""
@@ -275,6 +282,8 @@ def _forward_op(x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[
     if x.numel() == 0:
         return torch.empty_like(x)
     if backend == "inductor":
+        if _plain_leaky_relu(scale, shift, p):
+            return torch.nn.functional.leaky_relu(x, negative_slope)
         x_run = _inductor_layout(x)
         y = _inductor.call(reference.leaky_relu_dropout_forward, _as_ncs(x_run), scale, shift,
                            seed, negative_slope, p).view(x.shape)
@@ -301,6 +310,10 @@ def _backward_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x = _native_layout(x)
     if backend == "inductor" and x.numel():
+        if _plain_leaky_relu(scale, shift, p):
+            dy = _native_layout(dy, reference.is_channels_last(x))
+            dx = torch.ops.aten.leaky_relu_backward(dy, x, negative_slope, False)
+            return dx, x.new_empty(0), x.new_empty(0)
         x_run = _inductor_layout(x)
         dy_run = _native_layout(dy, x_run is x and reference.is_channels_last(x))
         dx, dscale, dshift = _inductor.call(reference.leaky_relu_dropout_backward,
