@@ -85,12 +85,13 @@ def results_dir(out: str | None, env: dict) -> Path:
 
 
 def bench_ms(fn: Callable[[], object], device: torch.device, smoke: bool,
-             grad_to_none=None, budget_s: float = 1.0) -> float:
-    """Median milliseconds of ``fn``: ``do_bench`` on a GPU; on a CPU, after two warm-up calls,
-    at least 10 runs and as many more as fit in ``budget_s`` (2 runs for --smoke)."""
+             grad_to_none=None, budget_s: float = 1.0, gpu_rep_ms: int = 100) -> float:
+    """Median milliseconds of ``fn``: ``do_bench`` on a GPU (``gpu_rep_ms`` of repetitions
+    after a quarter of that in warm-up); on a CPU, after two warm-up calls, at least 10 runs and
+    as many more as fit in ``budget_s`` (2 runs for --smoke)."""
     if device.type == "cuda" and not smoke:
-        return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none,
-                                       return_mode="median")
+        return triton.testing.do_bench(fn, warmup=max(25, gpu_rep_ms // 4), rep=gpu_rep_ms,
+                                       grad_to_none=grad_to_none, return_mode="median")
     return statistics.median(cpu_times_ms(fn, 2 if smoke else 10, 0.0 if smoke else budget_s,
                                           grad_to_none))
 

@@ -62,7 +62,10 @@ def model_step_launches(recipe: str, batch: int = 128, step_counter=None) -> lis
     from bench.train_step import synthetic_svhn
     from ssgan.data import Dataset, Split
 
-    cfg = T.config_for(recipe, batch_size=batch, device="cpu", kernels="triton",
+    from ssgan.kernels._backend import INTERPRET
+    # the interpreter records CPU tensors; without it (a GPU machine) Triton serves CUDA ones
+    device = "cpu" if INTERPRET else "cuda"
+    cfg = T.config_for(recipe, batch_size=batch, device=device, kernels="triton",
                        progress=False, out_dir="/nonexistent")
     if cfg.dataset == "mnist":
         g = torch.Generator().manual_seed(0)
@@ -76,7 +79,7 @@ def model_step_launches(recipe: str, batch: int = 128, step_counter=None) -> lis
         trainer = T.Trainer(cfg, data)
     finally:
         T.memory_format = original
-    idx = torch.arange(batch)
+    idx = torch.arange(batch, device=trainer.device)
     with K.use_backend("triton"), K.deferred_target_checks(), \
             record_launches(dry=True) as launches:
         trainer.step(idx)

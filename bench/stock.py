@@ -95,6 +95,10 @@ def stock_models(trainer: Trainer, compile_models: bool = False, channels_last: 
     trainer.opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=betas)
     trainer.opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=betas)
     if compile_models:
+        # the simultaneous update differentiates D's graph twice (retain_graph=True); AOTAutograd
+        # refuses that once it donates buffers, as it did at batch 512 on an H100, and its error
+        # tells the user to turn donation off, which is what a user would do
+        torch._functorch.config.donated_buffer = False
         g, d = torch.compile(g), torch.compile(d)
     return g, d
 

@@ -103,10 +103,11 @@ def check_target_range(target: torch.Tensor, weight: torch.Tensor, num_classes: 
     ``deferred_target_checks``, sets the device flag). Inside torch.compile (the twins are traced
     there) it becomes an asynchronous device assert, and it is skipped while a CUDA graph is
     being captured, where no sync is allowed."""
-    if target.is_cuda and torch.cuda.is_current_stream_capturing():
+    compiling = torch.compiler.is_compiling()  # first: Dynamo cannot trace the capture query
+    if not compiling and target.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     bad = (weight != 0) & ((target < 0) | (target >= num_classes))
-    if torch.compiler.is_compiling():
+    if compiling:
         torch._assert_async(~bad.any(), f"a target on a labeled row is outside [0, {num_classes})")
         return
     _target_checks.report(bad.any(), lambda: raise_bad_target(

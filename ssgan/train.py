@@ -143,6 +143,10 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but no CUDA GPU is visible; use "
                          "--device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"--device {name}: only {count} CUDA GPU(s) are visible "
+                         f"(cuda:0..cuda:{count - 1}); use one of those, or --device cuda")
     return device
 
 

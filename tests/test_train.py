@@ -5,6 +5,7 @@ import torch
 
 import ssgan.kernels as K
 import ssgan.train as T
+from conftest import DEVICE, KERNEL_PATH
 from ssgan.data import Dataset, Split
 
 TIMING = {"step_ms", "epoch_s"}
@@ -29,6 +30,12 @@ def tiny_config(tmp_path, **overrides) -> T.TrainConfig:
                eval_batch_size=64)
     cfg.update(overrides)
     return T.TrainConfig(**cfg)
+
+
+def device_for(kernels: str) -> str:
+    """The Triton path runs on the GPU where there is one (the interpreter serves CPU tensors
+    only where no GPU is visible); the other paths are tested on the CPU."""
+    return str(DEVICE) if kernels == "triton" else "cpu"
 
 
 def read_metrics(path):
@@ -109,9 +116,10 @@ def test_bad_label_is_refused_at_load_and_flagged_on_the_device_in_training(tmp_
     data = tiny_dataset()
     data.train.labels[5] = 7  # 3 classes
     with pytest.raises(ValueError, match="training labels span 0..7.*expected 0..2 or -1"):
-        T.Trainer(tiny_config(tmp_path, kernels=kernels), data)
+        T.Trainer(tiny_config(tmp_path, kernels=kernels, device=device_for(kernels)), data)
     # a label corrupted after loading reaches the loss: the device flag stops the run
-    trainer = T.Trainer(tiny_config(tmp_path, kernels=kernels, epochs=2), tiny_dataset())
+    trainer = T.Trainer(tiny_config(tmp_path, kernels=kernels, epochs=2,
+                                    device=device_for(kernels)), tiny_dataset())
     trainer.train_labels[trainer.labeled_idx] = 3
     with pytest.raises(T.TrainingError, match=r"labeled target outside \[0, 3\) reached the "
                        r"loss at epoch 1, steps 1\.\.3"):
@@ -247,6 +255,18 @@ def test_evaluation_uses_the_weight_average_and_the_checkpoint_keeps_it(tmp_path
     assert T.ema_weights({"discriminator_ema": {}}) == {}
 
 
+def test_a_cuda_device_that_is_not_there_names_the_flag(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert T.resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match=r"--device cuda:7: only 1 CUDA GPU\(s\) are visible "
+                       r"\(cuda:0\.\.cuda:0\)"):
+        T.resolve_device("cuda:7")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA GPU is visible; use --device cpu"):
+        T.resolve_device("cuda")
+
+
 READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
 
 
@@ -255,8 +275,9 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatc
     """Host reads stop a GPU's queue: a step must make none. Every Tensor method that reads a
     value is counted during one Trainer.step (with every improved-recipe knob on), except on
     Adam's step counters, which PyTorch keeps on the CPU by design."""
-    trainer = T.Trainer(tiny_config(tmp_path, kernels=kernels, **IMPROVED_KNOBS), tiny_dataset())
-    idx = torch.arange(trainer.cfg.batch_size)
+    trainer = T.Trainer(tiny_config(tmp_path, kernels=kernels, device=device_for(kernels),
+                                    **IMPROVED_KNOBS), tiny_dataset())
+    idx = torch.arange(trainer.cfg.batch_size, device=trainer.device)
     with K.use_backend(kernels), K.deferred_target_checks():
         trainer.step(idx)  # compiles, creates Adam's state
         counters = {id(s["step"]) for opt in (trainer.opt_d, trainer.opt_g)
@@ -272,7 +293,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatc
             monkeypatch.setattr(torch.Tensor, name, counted)
         trainer.step(idx)
         monkeypatch.undo()
-        assert K.backend_for(trainer.data.train.images) == ("interpret" if kernels == "triton"
+        assert K.backend_for(trainer.data.train.images) == (KERNEL_PATH if kernels == "triton"
                                                              else kernels)
     assert reads == []
 

@@ -1,0 +1,32 @@
+"""Runs a few training steps of one bench.train_step variant on the GPU and checks that they
+finish and that the step's index tensor is intact (an out-of-bounds write would corrupt it).
+Used under compute-sanitizer by bench/gpu_session.sh; prints one line per variant.
+
+usage: python -m bench.gpu_step_check STEPS BATCH VARIANT [VARIANT ...]"""
+import sys
+
+import torch
+
+from bench.train_step import step_fn
+
+
+def main(variants: list[str], steps: int, batch: int) -> int:
+    failed = 0
+    for variant in variants:
+        try:
+            run = step_fn(variant, batch, False, torch.device("cuda"))
+            for _ in range(steps):
+                run()
+            torch.cuda.synchronize()
+            print(f"{variant}: ok, {steps} steps at batch {batch}", flush=True)
+        except Exception as err:  # report every variant, then fail
+            failed += 1
+            print(f"{variant}: FAILED {type(err).__name__}: {str(err).splitlines()[0]}",
+                  flush=True)
+            if "device-side assert" in str(err):
+                break  # the context is gone; later variants cannot run in this process
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[3:], int(sys.argv[1]), int(sys.argv[2])))
