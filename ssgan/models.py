@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import ssgan.kernels as K
+from ssgan.deconv import deconv
 
 BN_EPS = 1e-3  # TensorFlow's default, which the notebook used
 EVAL_BN_MODES = ("running", "recalibrated", "batch")
@@ -204,9 +205,9 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.dense(z).view(z.shape[0], -1, self.base, self.base)
         h = self.act0(h)
-        h = self.act1(self.deconv1(h))
-        h = self.act2(self.deconv2(h))
-        return torch.tanh(self.deconv3(h))
+        h = self.act1(deconv(self.deconv1, h))
+        h = self.act2(deconv(self.deconv2, h))
+        return torch.tanh(deconv(self.deconv3, h))
 
 
 def count_parameters(module: nn.Module) -> int:
