@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import ssgan.kernels as K
-from ssgan.deconv import deconv
+from ssgan.subpixel import deconv
 
 BN_EPS = 1e-3  # TensorFlow's default, which the notebook used
 EVAL_BN_MODES = ("running", "recalibrated", "batch")
@@ -173,9 +173,9 @@ class Discriminator(nn.Module):
         h = self.input_dropout(x)
         h = self.act1(self.conv1(h))
         h = self.act2(self.conv2(h))
-        for conv, act in ((self.conv3, self.act3), (self.conv4, self.act4),
-                          (self.conv5, self.act5)):
-            h = act(conv(h), update_stats)
+        for layer, act in ((self.conv3, self.act3), (self.conv4, self.act4),
+                           (self.conv5, self.act5)):
+            h = act(layer(h), update_stats)
         h = self.act7(self.conv7(h))
         features = h.mean(dim=(2, 3))
         class_logits = self.classifier(features)

@@ -1,0 +1,90 @@
+"""Narrow transposed convolutions on a CPU: the sub-pixel form equals ATen's, and the layers
+that use it give layer(x)'s values and gradients."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssgan.subpixel import MAX_NARROW_CHANNELS, deconv, subpixel_conv_transpose
+
+
+def _fresh(layer: nn.Module, dtype=torch.float32) -> nn.Module:
+    with torch.no_grad():  # weights well away from the default init's small scale
+        for p in layer.parameters():
+            p.normal_()
+    return layer.to(dtype)
+
+
+@pytest.mark.parametrize("c_in,c_out,k,s,p,op,size", [
+    (32, 3, 5, 2, 2, 1, 16),   # the generator's last layer
+    (64, 3, 3, 2, 1, 1, 16),
+    (8, 2, 4, 2, 1, 0, 5), (6, 1, 3, 1, 1, 0, 7), (4, 3, 6, 3, 2, 1, 4), (5, 2, 2, 2, 0, 0, 3)])
+def test_subpixel_conv_transpose_equals_aten(c_in, c_out, k, s, p, op, size):
+    w = torch.randn(c_in, c_out, k, k, dtype=torch.float64)
+    b = torch.randn(c_out, dtype=torch.float64)
+    x = torch.randn(2, c_in, size, size + 1, dtype=torch.float64)
+    torch.testing.assert_close(subpixel_conv_transpose(x, w, b, s, p),
+                               F.conv_transpose2d(x, w, b, s, p, op), rtol=1e-12, atol=1e-12)
+
+
+def _check_layer(run, layer, x, dy):
+    ours, theirs = run(layer, x), layer(x)
+    assert type(ours.grad_fn).__name__.startswith("_Narrow")
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    params = [x, layer.weight, layer.bias]
+    for a, b in zip(torch.autograd.grad(ours, params, dy), torch.autograd.grad(theirs, params, dy)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("c_in,c_out,size", [(32, 3, 16), (16, 1, 4), (5, 2, 7), (8, 8, 3)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_narrow_deconv_equals_the_layer(c_in, c_out, size, channels_last):
+    layer = _fresh(nn.ConvTranspose2d(c_in, c_out, 5, 2, padding=2, output_padding=1),
+                   torch.float64)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, c_in, size, size + 2, dtype=torch.float64).contiguous(memory_format=fmt)
+    _check_layer(deconv, layer, x.requires_grad_(),
+                 torch.randn(3, c_out, 2 * size, 2 * size + 4, dtype=torch.float64))
+
+
+class _Wrapped(nn.Module):
+    """Lets gradcheck feed the layer's weight and bias through torch.func.functional_call."""
+
+    def __init__(self, run, layer):
+        super().__init__()
+        self.run, self.layer = run, layer
+
+    def forward(self, x):
+        return self.run(self.layer, x)
+
+
+def test_gradcheck():
+    layer = nn.ConvTranspose2d(4, 3, 5, 2, padding=2, output_padding=1)
+    wrapped = _Wrapped(deconv, _fresh(layer, torch.float64))
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    w, b = (p.detach().clone().requires_grad_() for p in (layer.weight, layer.bias))
+    assert torch.autograd.gradcheck(lambda x, w, b: torch.func.functional_call(
+        wrapped, {"layer.weight": w, "layer.bias": b}, (x,)), (x, w, b))
+
+
+def test_fp32_matches_fp64():
+    layer = _fresh(nn.ConvTranspose2d(32, 3, 5, 2, padding=2, output_padding=1))
+    x = torch.randn(8, 32, 16, 16).contiguous(memory_format=torch.channels_last)
+    expected = F.conv_transpose2d(x.double(), layer.weight.double(), layer.bias.double(), 2, 2, 1)
+    torch.testing.assert_close(deconv(layer, x).double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (nn.ConvTranspose2d(8, MAX_NARROW_CHANNELS + 1, 5, 2, 2, 1), (2, 8, 5, 5)),  # wide
+    (nn.ConvTranspose2d(8, 3, 5, 2, 2, 0), (2, 8, 5, 5)),   # output is not 2x the input
+    (nn.ConvTranspose2d(8, 3, 5, 2, 2, 1, bias=False), (2, 8, 5, 5)),
+    (nn.ConvTranspose2d(8, 3, 5, 2, 2, 1), (8, 5, 5)),      # unbatched
+    (nn.ConvTranspose2d(8, 3, (5, 3), 2, (2, 1), 1), (2, 8, 5, 5)),  # not square
+    (nn.ConvTranspose2d(8, 3, 5, 2, 2, 1, dilation=2), (2, 8, 5, 5)),
+], ids=["wide", "not-2x", "no-bias", "unbatched", "not-square", "dilated"])
+def test_other_layers_run_as_themselves(layer, shape):
+    layer = _fresh(layer)
+    x = torch.randn(shape, requires_grad=True)
+    out = deconv(layer, x)
+    assert not type(out.grad_fn).__name__.startswith("_Narrow")
+    assert torch.equal(out, layer(x))
