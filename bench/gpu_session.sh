@@ -2,10 +2,12 @@
 # One lease on a lent GPU, in as few device calls as possible (the device time is rationed):
 #   bash bench/gpu_session.sh test    environment, install, the whole test suite on CUDA
 #   bash bench/gpu_session.sh bench   bench.kernels (fp32) and bench.train_step on CUDA
+#   bash bench/gpu_session.sh profile where the eager step's host time goes (bench.host_profile)
+#   bash bench/gpu_session.sh diagnose  each step variant alone, memcheck, the kernel tests
 # Everything lands under $OUT (default /tmp/gpu-out); results are packed into one tarball,
 # because the device tool returns at most eight files.
 set -uo pipefail
-stage=${1:?usage: gpu_session.sh test|bench}
+stage=${1:?usage: gpu_session.sh test|bench|profile|diagnose}
 out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -27,7 +29,7 @@ cd /tmp
 case $stage in
   test)
     # -v so that a run cut off by the time limit still names every test that failed
-    timeout 420 python3 -m pytest "$repo/tests" -v --tb=short -c "$repo/pytest.ini" \
+    timeout 540 python3 -m pytest "$repo/tests" -v --tb=short -c "$repo/pytest.ini" \
       --rootdir "$repo" -n 14 --dist loadfile -p no:cacheprovider \
       > "$out/pytest-cuda.txt" 2>&1
     echo "pytest exit $?"; grep -E "FAILED|ERROR|passed|failed" "$out/pytest-cuda.txt" | tail -40
@@ -40,6 +42,10 @@ case $stage in
       > "$out/bench-train-step.txt" 2>&1; echo "bench.train_step exit $?"
     tail -15 "$out/bench-kernels.txt"; tail -15 "$out/bench-train-step.txt"
     tar -czf "$out/gpu-results.tar.gz" -C "$res" .
+    ;;
+  profile)
+    timeout 300 python3 -m bench.host_profile --device cuda --out "$out/profile" \
+      --variants ssgan stock ssgan+cudagraph 2>&1 | tail -5
     ;;
   diagnose)
     # each variant alone, launches synchronous, so that a device-side assert names its op

@@ -1,16 +1,17 @@
 """Transposed convolutions with few output channels, run on a CPU as sub-pixel convolutions.
 
-oneDNN runs a transposed convolution into three channels at a small fraction of its usual
-speed: the generator's last layer, 128x32x16x16 -> 128x3x32x32, took 2.7-2.8 ms forward on 2
-threads of this project's AMD EPYC. The same arithmetic, written as an ordinary convolution to
-``stride**2`` times the channels followed by ``pixel_shuffle``, took 1.1 ms.
-
-With 32 or more output channels the sub-pixel form was slower: 3.2-3.8 ms against 1.8-2.1 ms
-for the generator's other two layers. Its backward was slower at every width, so only the
-forward of a narrow transposed convolution is replaced, and its gradients are ATen's own
-``convolution_backward``. (The input gradient of the discriminator's first convolution is
-the same kind of narrow transposed convolution: 2.4 -> 1.3 ms alone, but no faster in a
-training step, measured alternately, so it stays ATen's.)
+oneDNN runs a transposed convolution into three channels at a fraction of its usual speed:
+the generator's last layer, 128x32x16x16 -> 128x3x32x32, took 2.99 ms forward on 2 threads of
+this project's AMD EPYC. The same arithmetic, written as an ordinary convolution to
+``stride**2`` times the channels followed by ``pixel_shuffle``, took 1.46 ms. With 32 or more
+output channels the sub-pixel form was slower (4.99 and 6.60 ms against 2.11 and 2.29 ms for
+the generator's other two layers), and its backward was slower too, so only the forward of a
+narrow transposed convolution is replaced and its gradients are ATen's own
+``convolution_backward``: 3.44 against 4.36 ms forward+backward for the last layer
+(``bench/results/cpu-amd-epyc/subpixel-ab/layers.txt``). The input gradient of the
+discriminator's first convolution is the same kind of narrow transposed convolution; computed
+this way it was faster alone but not in a training step measured alternately, so it stays
+ATen's.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ import csv
 import pytest
 import torch
 
-from bench import common, kernels, train_step
+from bench import common, host_profile, kernels, train_step
 
 
 def read(path):
@@ -55,10 +55,19 @@ def test_stock_step_trains_the_same_model_shape():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
-@pytest.mark.parametrize("module", [kernels, train_step])
+@pytest.mark.parametrize("module", [kernels, train_step, host_profile])
 def test_cuda_without_a_gpu_is_a_clear_error(module, tmp_path):
     with pytest.raises(SystemExit, match="no CUDA GPU is visible; use --device cpu"):
         module.main(["--device", "cuda", "--out", str(tmp_path)])
+
+
+def test_host_profile_writes_a_table_per_variant(tmp_path):
+    assert host_profile.main(["--device", "cpu", "--variants", "ssgan", "stock+compile",
+                              "--batch", "8", "--steps", "1", "--out", str(tmp_path)]) == 0
+    ssgan = (tmp_path / "ssgan.txt").read_text()
+    assert ssgan.startswith("# ssgan, batch 8, 1 steps on cpu") and "Self CPU" in ssgan
+    assert "aten::convolution" in ssgan
+    assert "stock+compile" in (tmp_path / "stock_compile.txt").read_text()
 
 
 def test_seeds_report_gives_mean_and_spread(tmp_path):
