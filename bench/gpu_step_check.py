@@ -1,6 +1,7 @@
-"""Runs a few training steps of one bench.train_step variant on the GPU and checks that they
-finish and that the step's index tensor is intact (an out-of-bounds write would corrupt it).
-Used under compute-sanitizer by bench/gpu_session.sh; prints one line per variant.
+"""Runs a few training steps of each named bench.train_step variant on the GPU and checks that
+they finish without a device error: alone, with CUDA_LAUNCH_BLOCKING=1 or under
+compute-sanitizer, a failing kernel is named (bench/gpu_session.sh diagnose). Prints one line
+per variant; exits 1 if any failed.
 
 usage: python -m bench.gpu_step_check STEPS BATCH VARIANT [VARIANT ...]"""
 import sys
