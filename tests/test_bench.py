@@ -43,6 +43,15 @@ def test_train_step_bench_smoke(tmp_path):
     assert "| vs stock |" in (tmp_path / "train_step.md").read_text()
 
 
+def test_compiled_stock_step_runs_at_a_second_batch_size(tmp_path):
+    """The second batch size recompiles, and AOTAutograd's donated buffers then refuse the
+    simultaneous update's retain_graph (seen on an H100 at batch 512, and here)."""
+    assert train_step.main(["--smoke", "--out", str(tmp_path), "--variants", "stock+compile",
+                            "--batches", "8", "16"]) == 0
+    rows = read(tmp_path / "train_step.csv")
+    assert [(r["batch"], r["status"]) for r in rows] == [("8", "ok"), ("16", "ok")]
+
+
 def test_stock_step_trains_the_same_model_shape():
     """The baseline must be the same model: equal parameter counts for D and G."""
     from bench import stock
