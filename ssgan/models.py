@@ -184,7 +184,8 @@ class Discriminator(nn.Module):
 
 class Generator(nn.Module):
     """The notebook's generator: dense -> (4*m, s/8, s/8) -> three 5x5 stride-2 transposed
-    convolutions -> tanh. z: float (B, z_dim). Returns float (B, C, s, s) in [-1, 1]."""
+    convolutions -> tanh. z: float (B, z_dim). Returns float (B, C, s, s) in [-1, 1],
+    channels-first."""
 
     def __init__(self, z_dim: int = 100, out_channels: int = 3, image_size: int = 32,
                  size_mult: int = 32, alpha: float = 0.2):
@@ -207,7 +208,8 @@ class Generator(nn.Module):
         h = self.act0(h)
         h = self.act1(deconv(self.deconv1, h))
         h = self.act2(deconv(self.deconv2, h))
-        return torch.tanh(deconv(self.deconv3, h))
+        # images are channels-first whatever the feature maps' layout (see train.memory_format)
+        return torch.tanh(deconv(self.deconv3, h)).contiguous()
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -88,3 +88,13 @@ def test_other_layers_run_as_themselves(layer, shape):
     out = deconv(layer, x)
     assert not type(out.grad_fn).__name__.startswith("_Narrow")
     assert torch.equal(out, layer(x))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_narrow_deconv_output_is_channels_first(channels_last):
+    layer = _fresh(nn.ConvTranspose2d(16, 3, 5, 2, padding=2, output_padding=1))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(4, 16, 6, 6).contiguous(memory_format=fmt)
+    y = deconv(layer, x)
+    assert y.is_contiguous()
+    torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-4)

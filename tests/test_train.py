@@ -303,3 +303,18 @@ def test_eval_every_measures_accuracy_every_n_epochs_and_after_the_last(tmp_path
     measured = [row["epoch"] for row in history if row["test_accuracy"] == row["test_accuracy"]]
     assert measured == [2, 4, 5]
     assert (tmp_path / "run" / "accuracy.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("augment_shift", [0, 2])
+def test_images_are_channels_first_while_feature_maps_follow_the_device(tmp_path,
+                                                                        augment_shift):
+    # wide enough that the generator's last feature maps are unambiguously channels-last
+    trainer = T.Trainer(tiny_config(tmp_path, augment_shift=augment_shift, g_size_mult=16,
+                                    d_size_mult=16), tiny_dataset(channels=3))
+    fmt = T.memory_format(trainer.device)
+    real = trainer._real_images(torch.arange(8))
+    fake = trainer.g(trainer._sample_z(8))
+    assert real.shape == fake.shape == (8, 3, 32, 32)
+    assert real.is_contiguous() and fake.is_contiguous()
+    assert trainer.d.conv2.weight.is_contiguous(memory_format=fmt)
+    assert trainer.d.conv1(real).is_contiguous(memory_format=fmt)
