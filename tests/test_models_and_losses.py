@@ -198,3 +198,18 @@ def test_feature_matching_loss_matches_formula():
     expected = sum(abs(real[:, j].mean() - fake[:, j].mean()) for j in range(5)) / 5
     torch.testing.assert_close(feature_matching_loss(real, fake), expected)
     assert feature_matching_loss(real, real).item() == 0
+
+
+def test_a_block_with_nothing_to_fuse_runs_atens_leaky_relu(monkeypatch):
+    calls = []
+    monkeypatch.setattr(K, "leaky_relu_dropout", lambda x, **kw: calls.append(kw) or x)
+    x = torch.randn(4, 6, 5, 5)
+    assert torch.equal(LeakyBlock(None, 0.2)(x), F.leaky_relu(x, 0.2))
+    assert torch.equal(LeakyBlock(None, 0.2, p=0.5).eval()(x), F.leaky_relu(x, 0.2))
+    assert LeakyBlock(None, 1.0, p=0.2).eval()(x) is x
+    assert not calls
+    # dropout in training, or a BatchNorm to fold: the fused op
+    LeakyBlock(None, 0.2, p=0.5)(x)
+    LeakyBlock(6, 0.2)(x)
+    assert [kw["p"] for kw in calls] == [0.5, 0.0]
+    assert calls[1]["scale"] is not None
