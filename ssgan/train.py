@@ -158,8 +158,8 @@ def memory_format(device: torch.device) -> torch.memory_format:
     Images (D's input, G's output) stay channels-first on every device: with 1 or 3 channels
     a channels-last image fills few lanes of a vector, so the fused input dropout would convert
     it to channels-first and back, and the first convolution reorders its input anyway.
-    Measured in the CPU step (batch 128, 2 threads, alternating A/B): 0.8-1.6 ms faster than
-    channels-last images, of about 92 ms."""
+    In the CPU step (batch 128, 2 threads, alternating in one process) this saved 0.3 to
+    2.5 ms of 93 to 100 ms (``bench/results/cpu-amd-epyc/images-cf-ab/ab.txt``)."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
