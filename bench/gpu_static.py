@@ -53,6 +53,12 @@ def _interpreter() -> None:
 
 # ------------------------------------------------------------------ recording
 
+def _recording_device() -> str:
+    """The interpreter records CPU tensors; without it (a GPU machine) Triton serves CUDA ones."""
+    from ssgan.kernels._backend import INTERPRET
+    return "cpu" if INTERPRET else "cuda"
+
+
 def model_step_launches(recipe: str, batch: int = 128, step_counter=None) -> list[dict]:
     """Launches of one training step of ``recipe`` at its real shapes, recorded dry, in the
     layout the trainer uses on a GPU (channels-first)."""
@@ -62,10 +68,7 @@ def model_step_launches(recipe: str, batch: int = 128, step_counter=None) -> lis
     from bench.train_step import synthetic_svhn
     from ssgan.data import Dataset, Split
 
-    from ssgan.kernels._backend import INTERPRET
-    # the interpreter records CPU tensors; without it (a GPU machine) Triton serves CUDA ones
-    device = "cpu" if INTERPRET else "cuda"
-    cfg = T.config_for(recipe, batch_size=batch, device=device, kernels="triton",
+    cfg = T.config_for(recipe, batch_size=batch, device=_recording_device(), kernels="triton",
                        progress=False, out_dir="/nonexistent")
     if cfg.dataset == "mnist":
         g = torch.Generator().manual_seed(0)
@@ -94,9 +97,10 @@ def bench_kernel_launches() -> list[dict]:
     from bench import kernels as bench_kernels
     from bench.gpu_compile import record_launches
     import ssgan.kernels as K
+    device = torch.device(_recording_device())
     launches: list[dict] = []
     for dtype in bench_kernels.DTYPES.values():
-        for case in bench_kernels.cases(dtype, torch.device("cpu"), smoke=False,
+        for case in bench_kernels.cases(dtype, device, smoke=False,
                                         compile_backend="eager"):
             inputs = case.make()
             with K.use_backend("triton"), K.deferred_target_checks(), \

@@ -1,4 +1,5 @@
 import csv
+import sys
 
 import pytest
 import torch
@@ -270,6 +271,13 @@ def test_a_cuda_device_that_is_not_there_names_the_flag(monkeypatch):
 READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
 
 
+def _in_dynamo_guard(frame) -> bool:
+    """Whether a read comes from a Dynamo guard. torch 2.11's guards on the ops' float arguments
+    (slope, p) wrap the Python float in a tensor and call .item() on it: a host value, never a
+    device read (seen on the lent H100; the pinned torch 2.14.1 makes no such read)."""
+    return frame.f_code.co_filename == "<string>" and frame.f_code.co_name == "guard"
+
+
 @pytest.mark.parametrize("kernels", ["triton", "inductor"])
 def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch, kernels):
     """Host reads stop a GPU's queue: a step must make none. Every Tensor method that reads a
@@ -287,7 +295,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatc
             original = getattr(torch.Tensor, name)
 
             def counted(self, *args, _original=original, _name=name, **kwargs):
-                if id(self) not in counters:
+                if id(self) not in counters and not _in_dynamo_guard(sys._getframe(1)):
                     reads.append((_name, tuple(self.shape)))
                 return _original(self, *args, **kwargs)
             monkeypatch.setattr(torch.Tensor, name, counted)
