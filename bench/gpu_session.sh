@@ -28,9 +28,11 @@ cd /tmp
 
 case $stage in
   test)
-    # -v so that a run cut off by the time limit still names every test that failed
+    # -v so that a run cut off by the time limit still names every test that failed;
+    # --dist load, because with loadfile test_train.py ran serially on one worker and the
+    # second lease's whole-suite run was cut off at 82%
     timeout 540 python3 -m pytest "$repo/tests" -v --tb=short -c "$repo/pytest.ini" \
-      --rootdir "$repo" -n 14 --dist loadfile -p no:cacheprovider \
+      --rootdir "$repo" -n 14 --dist load -p no:cacheprovider \
       > "$out/pytest-cuda.txt" 2>&1
     echo "pytest exit $?"; grep -E "FAILED|ERROR|passed|failed" "$out/pytest-cuda.txt" | tail -40
     ;;
