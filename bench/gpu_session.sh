@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One lease on a lent GPU, in as few device calls as possible (the device time is rationed):
-#   bash bench/gpu_session.sh test    environment, install, the whole test suite on CUDA
+#   bash bench/gpu_session.sh test [FILE...]  environment, install, the test suite on CUDA (or
+#                                    the named test files: the whole suite needs more than one
+#                                    10-minute call there; pass tests/test_a.py ... to split it)
 #   bash bench/gpu_session.sh bench   bench.kernels (fp32) and bench.train_step on CUDA
 #   bash bench/gpu_session.sh profile where the eager step's host time goes (bench.host_profile)
 #   bash bench/gpu_session.sh diagnose  each step variant alone, memcheck, the kernel tests
@@ -31,7 +33,9 @@ case $stage in
     # -v so that a run cut off by the time limit still names every test that failed;
     # --dist load, because with loadfile test_train.py ran serially on one worker and the
     # second lease's whole-suite run was cut off at 82%
-    timeout 540 python3 -m pytest "$repo/tests" -v --tb=short -c "$repo/pytest.ini" \
+    targets=("${@:2}"); targets=("${targets[@]/#/$repo/}")
+    [ ${#targets[@]} -gt 0 ] || targets=("$repo/tests")
+    timeout 540 python3 -m pytest "${targets[@]}" -v --tb=short -c "$repo/pytest.ini" \
       --rootdir "$repo" -n 14 --dist load -p no:cacheprovider \
       > "$out/pytest-cuda.txt" 2>&1
     echo "pytest exit $?"; grep -E "FAILED|ERROR|passed|failed" "$out/pytest-cuda.txt" | tail -40
