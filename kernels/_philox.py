@@ -26,8 +26,8 @@ def _mul_hi_lo(const: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return (product >> 32) & _MASK32, product & _MASK32
 
 
-def philox4x(seed: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
-    """The four uint32 words (as int64, shape (*counters.shape, 4)) of
+def philox4x(seed: torch.Tensor, counters: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The four uint32 words (as int64, each shaped like ``counters``) of
     ``tl.randint4x(seed, counters)``; seed: one-element int64 tensor in [0, 2**63), counters:
     integer tensor of values below 2**32."""
     c0 = counters.to(torch.int64) & _MASK32
@@ -41,18 +41,31 @@ def philox4x(seed: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
         hi_a, lo_a = _mul_hi_lo(_ROUND_A, c0)
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
         k0, k1 = (k0 + _KEY_A) & _MASK32, (k1 + _KEY_B) & _MASK32
-    return torch.stack([c0, c1, c2, c3], dim=-1)
+    return c0, c1, c2, c3
 
 
 def uint_to_uniform(words: torch.Tensor) -> torch.Tensor:
-    """``tl.uint_to_uniform_float`` for uint32 words held in int64: float32 in [0, 1)."""
-    signed = torch.where(words >= 2**31, words - 2**32, words)
-    signed = torch.where(signed < 0, -signed - 1, signed)
-    return signed.to(torch.float32) * _INT_TO_UNIT
+    """``tl.uint_to_uniform_float`` for uint32 words held in int64: float32 in [0, 1).
+
+    Triton reads a word as int32 x (``.to(int32)`` wraps the same way) and maps x < 0 to
+    -x - 1, which is ``x ^ (x >> 31)``. No ``torch.where`` on int64: Inductor's AVX2 code picks
+    int64 values through a compare mask the wrong way round (torch 2.14.1), which made every
+    CPU without AVX-512 keep all units (``tests/test_vector_isa.py``).
+    """
+    x = words.to(torch.int32)
+    return (x ^ (x >> 31)).to(torch.float32) * _INT_TO_UNIT
 
 
 def dropout_uniform(seed: torch.Tensor, numel: int, device: torch.device) -> torch.Tensor:
     """Uniform [0, 1) float32 numbers for logical indices 0..numel-1, as the kernels draw them;
-    seed: one-element int64 tensor."""
+    seed: one-element int64 tensor.
+
+    Each word becomes a float before the four are interleaved: the compiled CPU loop then
+    keeps 4-byte floats between its Philox pass and its elementwise pass instead of 8-byte
+    words: its dropout block at 128x64x16x16 channels-last ran 1.66-1.70 against 1.87-1.93 ms
+    forward and 1.89-1.92 against 2.30-2.39 ms backward
+    (``bench/results/cpu-amd-epyc/uniform-before-stack/ab.txt``).
+    """
     counters = torch.arange((numel + 3) // 4, device=device)
-    return uint_to_uniform(philox4x(seed, counters).reshape(-1)[:numel])
+    uniforms = [uint_to_uniform(word) for word in philox4x(seed, counters)]
+    return torch.stack(uniforms, dim=-1).reshape(-1)[:numel]
