@@ -59,6 +59,7 @@ def test_dropout_masks_and_gradients_equal_the_eager_twin(vector_width, channels
         for grad, twin_grad in zip(grads[1:], twin_grads[1:]):  # sums over 378 elements
             torch.testing.assert_close(grad, twin_grad, rtol=1e-5, atol=1e-4)
 
+
 def test_heads_and_their_range_check_equal_the_eager_twins(vector_width):
     logits = randn(37, 11, scale=4.0)  # a vector of rows and a tail
     target = torch.randint(0, 11, (37,))
@@ -69,17 +70,18 @@ def test_heads_and_their_range_check_equal_the_eager_twins(vector_width):
         twin_leaf = logits.clone().requires_grad_()
         twin = ref.gan_logits(twin_leaf, extra_class=extra_class)
         torch.testing.assert_close(out, twin)
-        torch.testing.assert_close(*(torch.autograd.grad(o.sum(), leaf_)[0]
-                                     for o, leaf_ in ((out, leaf), (twin, twin_leaf))))
+        torch.testing.assert_close(torch.autograd.grad(out.sum(), leaf)[0],
+                                   torch.autograd.grad(twin.sum(), twin_leaf)[0])
     leaf, twin_leaf = logits.clone().requires_grad_(), logits.clone().requires_grad_()
     loss = K.masked_cross_entropy(leaf, target, mask)
     twin = ref.masked_cross_entropy(twin_leaf, target, mask)
     torch.testing.assert_close(loss, twin)
     torch.testing.assert_close(torch.autograd.grad(loss, leaf)[0],
                                torch.autograd.grad(twin, twin_leaf)[0])
+    row = int(mask.nonzero()[3])  # a labeled row
     bad = target.clone()
-    bad[int(mask.nonzero()[3])] = 11
-    with pytest.raises(ValueError, match=rf"target\[{int(mask.nonzero()[3])}\] = 11"):
+    bad[row] = 11
+    with pytest.raises(ValueError, match=rf"target\[{row}\] = 11"):
         K.masked_cross_entropy(logits, bad, mask)
     bad[~mask] = -5  # out of range, but on unlabeled rows only
     bad[mask] = target[mask]
