@@ -4,7 +4,7 @@ The reference twin and the CPU path must draw exactly the dropout numbers the Tr
 draw for a seed. Element i uses word ``i % 4`` of ``tl.randint4x(seed, i // 4)``, mapped to
 [0, 1) by ``tl.uint_to_uniform_float``: one Philox evaluation serves four elements. uint32
 values live in int64 tensors. The seed stays a device tensor throughout, so no value is read
-back to the host and ``torch.compile`` traces the whole draw into one fused loop.
+back to the host and Inductor compiles the whole draw into one fused loop.
 """
 import torch
 

@@ -434,7 +434,7 @@ class Trainer:
                    f"{self.epoch + 1}..{cfg.epochs} | {self.run_dir}")
         self._warmup_pending = kernels != "torch"
         if kernels == "inductor":
-            tqdm.write("ssgan: the first steps compile the CPU kernels with torch.compile "
+            tqdm.write("ssgan: the first steps compile the CPU kernels with Inductor "
                        "(about a minute the first time; Inductor caches them in "
                        f"{inductor_cache_dir()} for later runs)")
 

@@ -24,9 +24,10 @@ WIDTHS = sorted(({1} | {isa.bit_width() for isa in valid_vec_isa_list()})
 
 @pytest.fixture(params=WIDTHS, ids=lambda w: "scalar" if w == 1 else f"{w}-bit")
 def vector_width(request, monkeypatch):
-    """Compiles everything afresh for one vector width: an empty table of compiled functions
-    gives new code objects, which Dynamo compiles under the patched config."""
-    monkeypatch.setattr(compiled_path, "_compiled", {})
+    """Compiles everything afresh for one vector width: with empty tables of compiled variants
+    every op is traced and compiled again, under the patched config."""
+    monkeypatch.setattr(compiled_path, "_variants", {})
+    monkeypatch.setattr(compiled_path, "_by_layout", {})
     with inductor_config.patch({"cpp.simdlen": request.param}), K.use_backend("inductor"):
         yield request.param
 
