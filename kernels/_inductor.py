@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch._guards import TracingContext, tracing
+from torch._inductor import config as inductor_config
 from torch._inductor.compile_fx import compile_fx_inner
 from torch._inductor.decomposition import select_decomp_table
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -61,8 +62,12 @@ class _Compiled:
         # make_fx's handle on it is unpicklable and would bar the FX cache; Inductor finds the
         # same one through the placeholders
         graph.shape_env = None
-        # Inductor's FX-graph cache looks up the shape environment in the tracing context
-        with tracing(TracingContext(fake_mode)):
+        # Inductor's FX-graph cache looks up the shape environment in the tracing context.
+        # dynamic_threads: every loop nest gets an OpenMP parallel region whatever the sizes at
+        # tracing; otherwise the first call's sizes decide, and a graph traced on a few rows
+        # (and cached on disk) would run any later size on one thread
+        with tracing(TracingContext(fake_mode)), inductor_config.patch(
+                {"cpp.dynamic_threads": True}):
             compiled = compile_fx_inner(graph, self._placeholders)
         # the generated module's own entry point: CompiledFxGraph.__call__ around it only
         # manages GPU autotuning caches

@@ -1,0 +1,103 @@
+"""The compiled CPU path's own machinery (``ssgan.kernels._inductor``): one compiled variant per
+signature serving every size its shape guards admit, compilation under a dispatch mode, the
+OpenMP loops whatever size compiled first, and Inductor's on-disk cache across processes."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import ssgan.kernels as K
+import ssgan.kernels._inductor as compiled_path
+from ssgan.kernels import reference as ref
+from helpers import randn
+
+
+@pytest.fixture
+def fresh_tables(monkeypatch):
+    """Empty tables of compiled variants, so that a test sees its own compilations."""
+    monkeypatch.setattr(compiled_path, "_variants", {})
+    monkeypatch.setattr(compiled_path, "_by_layout", {})
+    with K.use_backend("inductor"):
+        yield
+
+
+def _variants_of(fn) -> list:
+    return [v for key, variants in compiled_path._variants.items() if key[0] is fn
+            for v in variants]
+
+
+def test_one_variant_serves_every_size_and_a_new_layout_gets_its_own(fresh_tables):
+    shapes = [(8, 6), (50, 9), (3, 2), (8, 6)]
+    for shape in shapes:
+        z = randn(*shape, scale=4.0)
+        torch.testing.assert_close(K.gan_logits(z), ref.gan_logits(z))
+    assert len(_variants_of(ref.gan_logits_forward)) == 1
+    assert len(compiled_path._by_layout) == 3  # the repeated size is a plain lookup
+
+    for z in (randn(9, 7).t(), randn(1, 5), randn(12, 20)[:, 3:14]):
+        torch.testing.assert_close(K.gan_logits(z), ref.gan_logits(z))
+    # transposed strides, a size-1 dim and a row stride unequal to the width each fail the
+    # first variant's guards
+    assert len(_variants_of(ref.gan_logits_forward)) == 4
+
+
+def test_a_dispatch_mode_around_the_first_call_neither_breaks_nor_enters_compilation(
+        fresh_tables):
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func)
+            return func(*args, **(kwargs or {}))
+
+    x = randn(4, 6, 3, 5).requires_grad_()
+    with Recorder() as recorder:
+        y = K.leaky_relu_dropout(x, p=0.5, seed=11)
+        (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    with Recorder() as twin_recorder:
+        twin = ref.leaky_relu_dropout(x.detach(), p=0.5, seed=11)
+    assert torch.equal(y.detach(), twin)
+    torch.testing.assert_close(dx, torch.where(twin != 0, 2.0, 0.0) *
+                               torch.where(x.detach() > 0, 1.0, 0.2))
+    assert _variants_of(ref.leaky_relu_dropout_forward)
+    # the mode saw the views around the compiled calls, not the ~200 ops of the twin's math
+    # that tracing runs
+    assert len(recorder.ops) < len(twin_recorder.ops) / 10, recorder.ops
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="one thread: no parallel loops")
+def test_a_graph_compiled_on_a_few_rows_keeps_its_parallel_loops(fresh_tables):
+    """Inductor sizes its OpenMP regions by the sizes it compiles for; a graph compiled on 3
+    rows and cached on disk would otherwise run a million rows on one thread."""
+    z = randn(3, 11)
+    K.gan_logits(z, extra_class=True)
+    (variant,) = _variants_of(ref.gan_logits_forward)
+    with open(variant._run.__func__.__code__.co_filename) as generated:
+        assert "#pragma omp parallel" in generated.read()
+
+
+def test_a_second_process_takes_the_compiled_graphs_from_inductors_cache(tmp_path):
+    code = """
+import torch
+from torch._dynamo.utils import counters
+import ssgan.kernels as K
+x = torch.randn(5, 7, 3, 3, requires_grad=True)
+K.leaky_relu_dropout(x, p=0.5, seed=1).sum().backward()
+K.gan_logits(torch.randn(6, 11, requires_grad=True), extra_class=True).sum().backward()
+print(counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SSGAN_KERNELS")}
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path)
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    (first_hits, first_misses), (hits, misses) = (
+        map(int, run.stdout.split()) for run in runs)
+    assert (first_hits, first_misses) == (0, 4)  # two ops, forward and backward each
+    assert (hits, misses) == (4, 0)
