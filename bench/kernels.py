@@ -13,6 +13,11 @@ percentage of the copy bandwidth measured in the same run, and the peak memory o
 forward+backward. Output: ``kernels.csv``, ``kernels.md`` and PNG plots under
 ``bench/results/<gpu>`` or ``bench/results/cpu-<cpu>``.
 
+The model's leaky-ReLU blocks run in both memory layouts (the ``layout`` column), every
+provider on the same tensors: channels-first, as a user's model is by default, and
+channels-last, the layout ssgan's trainer gives the models on a CPU (its images, and so the
+input dropout, stay channels-first). The sweeps are channels-first.
+
     python -m bench.kernels                          # GPU if visible, else CPU
     python -m bench.kernels --device cpu --threads 2
     python -m bench.kernels --smoke                  # tiny shapes: checks the harness only
@@ -43,6 +48,7 @@ class Case:
     variant: str
     label: str                      # where the shape comes from (a model layer, or "sweep")
     shape: tuple
+    layout: str                     # "channels_first" or "channels_last" (of the 4-D input)
     make: Callable[[], tuple]       # fresh inputs; the differentiable one first
     fns: dict[str, Callable]        # provider -> function of the inputs
     bytes_fwd: int
@@ -87,10 +93,17 @@ def _providers(ssgan, stock, reference, compile_backend, with_reference) -> dict
     return fns
 
 
+def _layout(channels_last: bool) -> str:
+    return "channels_last" if channels_last else "channels_first"
+
+
 def lrd_case(label, shape, affine, p, dtype, device, compile_backend, slope=0.2,
-             with_reference=True) -> Case:
+             with_reference=True, channels_last=False) -> Case:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
     def make():
-        x = torch.randn(shape, dtype=dtype, device=device, requires_grad=True)
+        x = torch.randn(shape, dtype=dtype, device=device).contiguous(
+            memory_format=memory_format).requires_grad_()
         if not affine:
             return x, None, None
         return (x, (torch.rand(shape[1], device=device) + 0.5).requires_grad_(),
@@ -103,7 +116,8 @@ def lrd_case(label, shape, affine, p, dtype, device, compile_backend, slope=0.2,
         return ref.leaky_relu_dropout(x, negative_slope=slope, p=p, scale=s, shift=b)
 
     numel, size = math.prod(shape), torch.finfo(dtype).bits // 8
-    return Case("leaky_relu_dropout", f"affine={affine},p={p}", label, shape, make,
+    return Case("leaky_relu_dropout", f"affine={affine},p={p}", label, shape,
+                _layout(channels_last), make,
                 _providers(ssgan, lambda x, s, b: _lrd_stock(x, s, b, slope, p), reference,
                            compile_backend, with_reference),
                 bytes_fwd=2 * numel * size, bytes_bwd=3 * numel * size)
@@ -115,7 +129,7 @@ def gan_logits_case(label, batch, cols, extra, dtype, device, compile_backend,
         return ((torch.randn(batch, cols, dtype=dtype, device=device) * 3).requires_grad_(),)
 
     size = torch.finfo(dtype).bits // 8
-    return Case("gan_logits", f"extra_class={extra}", label, (batch, cols), make,
+    return Case("gan_logits", f"extra_class={extra}", label, (batch, cols), _layout(False), make,
                 _providers(lambda z: K.gan_logits(z, extra_class=extra),
                            lambda z: _gan_logits_stock(z, extra),
                            lambda z: ref.gan_logits(z, extra_class=extra), compile_backend,
@@ -132,7 +146,8 @@ def mce_case(label, batch, cols, dtype, device, compile_backend, with_reference=
         return z.requires_grad_(), torch.where(mask, target, -1), mask
 
     size = torch.finfo(dtype).bits // 8
-    return Case("masked_cross_entropy", f"classes={cols}", label, (batch, cols), make,
+    return Case("masked_cross_entropy", f"classes={cols}", label, (batch, cols), _layout(False),
+                make,
                 _providers(K.masked_cross_entropy, _mce_stock, ref.masked_cross_entropy,
                            compile_backend, with_reference),
                 bytes_fwd=batch * (cols * size + 8 + 1 + 4),
@@ -155,11 +170,13 @@ def cases(dtype, device, smoke, compile_backend) -> list[Case]:
     args = (dtype, device, compile_backend)
     if smoke:
         return [lrd_case("D.act3", (4, 3, 4, 4), True, 0.5, *args),
+                lrd_case("D.act3", (4, 3, 4, 4), True, 0.5, *args, channels_last=True),
                 lrd_case("sweep", (2, 3, 5), False, 0.0, *args),
                 gan_logits_case("D.head", 8, 11, True, *args),
                 mce_case("D.supervised", 8, 10, *args)]
     gpu = device.type == "cuda"
-    out = [lrd_case(label, shape, affine, p, *args, slope=slope)
+    out = [lrd_case(label, shape, affine, p, *args, slope=slope, channels_last=channels_last)
+           for channels_last in (False, True)
            for label, shape, affine, p, slope in MODEL_BLOCKS]
     out += [gan_logits_case("D.head", 128, 10, False, *args),
             gan_logits_case("D.head", 128, 11, True, *args),
@@ -204,7 +221,8 @@ def measure(case: Case, provider: str, mode: str, smoke: bool, copy_gbps: float,
     ms = common.bench_ms(run, device, smoke, grad_to_none=leaves)
     gbps = float("nan") if smoke else moved / ms / 1e6
     row = {"op": case.op, "variant": case.variant, "shape_from": case.label,
-           "shape": "x".join(map(str, case.shape)), "tensor_mb": case.megabytes,
+           "shape": "x".join(map(str, case.shape)), "layout": case.layout,
+           "tensor_mb": case.megabytes,
            "dtype": str(inputs[0].dtype).replace("torch.", ""), "mode": mode,
            "provider": provider, "median_ms": ms, "gbps": gbps,
            "pct_copy_bw": 100 * gbps / copy_gbps if copy_gbps == copy_gbps else float("nan")}
@@ -252,7 +270,7 @@ def plot(rows: list[dict], out_dir) -> list:
 def add_speedups(rows: list[dict]) -> None:
     """``speedup_vs_<baseline>``: the baseline's time / this row's, for the same case and mode."""
     def key(r):
-        return r["op"], r["variant"], r["shape_from"], r["shape"], r["mode"]
+        return r["op"], r["variant"], r["shape_from"], r["shape"], r["layout"], r["mode"]
     times = {(key(r), r["provider"]): r["median_ms"] for r in rows}
     for row in rows:
         for base in BASELINES:
@@ -261,6 +279,7 @@ def add_speedups(rows: list[dict]) -> None:
 
 
 TABLE = {"op": "op", "variant": "variant", "shape_from": "shape from", "shape": "shape",
+         "layout": "layout",
          "median_ms": "ssgan ms", "speedup_vs_stock": "vs stock",
          "speedup_vs_stock+compile": "vs stock+compile"}
 
@@ -289,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 row = measure(case, provider, mode, args.smoke, copy_gbps, device)
                 rows.append({**row, "copy_gbps": copy_gbps, **env})
-                print(f"{case.op:22s} {case.variant:22s} {row['shape']:>16s} {mode:8s} "
+                print(f"{case.op:22s} {case.variant:22s} {row['shape']:>16s} "
+                      f"{case.layout:14s} {mode:8s} "
                       f"{provider:14s} {row['median_ms']:9.4f} ms {row['gbps']:8.1f} GB/s")
     add_speedups(rows)
     common.write_csv(rows, out_dir / "kernels.csv")

@@ -25,6 +25,9 @@ def test_kernel_bench_smoke(tmp_path):
     assert all(float(r["speedup_vs_stock"]) > 0 and float(r["speedup_vs_stock+compile"]) > 0
                for r in ssgan)
     assert "| vs stock |" in (tmp_path / "kernels.md").read_text()
+    blocks = [r for r in ssgan if r["op"] == "leaky_relu_dropout" and r["shape_from"] != "sweep"]
+    assert {r["layout"] for r in blocks} == {"channels_first", "channels_last"}
+    assert "| layout |" in (tmp_path / "kernels.md").read_text()
     assert list(tmp_path.glob("kernels_leaky_relu_dropout_*.png"))
 
 
