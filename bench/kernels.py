@@ -48,7 +48,7 @@ class Case:
     variant: str
     label: str                      # where the shape comes from (a model layer, or "sweep")
     shape: tuple
-    layout: str                     # "channels_first" or "channels_last" (of the 4-D input)
+    layout: str                     # 4-D input: "channels_first" or "channels_last"; 2-D: "rows"
     make: Callable[[], tuple]       # fresh inputs; the differentiable one first
     fns: dict[str, Callable]        # provider -> function of the inputs
     bytes_fwd: int
@@ -97,6 +97,9 @@ def _layout(channels_last: bool) -> str:
     return "channels_last" if channels_last else "channels_first"
 
 
+ROWS = "rows"  # the heads' and the CE's (B, K) logits: one row per sample, contiguous
+
+
 def lrd_case(label, shape, affine, p, dtype, device, compile_backend, slope=0.2,
              with_reference=True, channels_last=False) -> Case:
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -129,7 +132,7 @@ def gan_logits_case(label, batch, cols, extra, dtype, device, compile_backend,
         return ((torch.randn(batch, cols, dtype=dtype, device=device) * 3).requires_grad_(),)
 
     size = torch.finfo(dtype).bits // 8
-    return Case("gan_logits", f"extra_class={extra}", label, (batch, cols), _layout(False), make,
+    return Case("gan_logits", f"extra_class={extra}", label, (batch, cols), ROWS, make,
                 _providers(lambda z: K.gan_logits(z, extra_class=extra),
                            lambda z: _gan_logits_stock(z, extra),
                            lambda z: ref.gan_logits(z, extra_class=extra), compile_backend,
@@ -146,8 +149,7 @@ def mce_case(label, batch, cols, dtype, device, compile_backend, with_reference=
         return z.requires_grad_(), torch.where(mask, target, -1), mask
 
     size = torch.finfo(dtype).bits // 8
-    return Case("masked_cross_entropy", f"classes={cols}", label, (batch, cols), _layout(False),
-                make,
+    return Case("masked_cross_entropy", f"classes={cols}", label, (batch, cols), ROWS, make,
                 _providers(K.masked_cross_entropy, _mce_stock, ref.masked_cross_entropy,
                            compile_backend, with_reference),
                 bytes_fwd=batch * (cols * size + 8 + 1 + 4),
