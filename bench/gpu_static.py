@@ -100,8 +100,10 @@ def bench_kernel_launches() -> list[dict]:
     device = torch.device(_recording_device())
     launches: list[dict] = []
     for dtype in bench_kernels.DTYPES.values():
-        for case in bench_kernels.cases(dtype, device, smoke=False,
-                                        compile_backend="eager"):
+        # channels-first only, as the trainer runs the models on a GPU (the recording device
+        # is the CPU under the interpreter)
+        for case in bench_kernels.cases(dtype, device, smoke=False, compile_backend="eager",
+                                        channels_last_rows=False):
             inputs = case.make()
             with K.use_backend("triton"), K.deferred_target_checks(), \
                     record_launches(dry=True) as recorded:

@@ -13,10 +13,10 @@ percentage of the copy bandwidth measured in the same run, and the peak memory o
 forward+backward. Output: ``kernels.csv``, ``kernels.md`` and PNG plots under
 ``bench/results/<gpu>`` or ``bench/results/cpu-<cpu>``.
 
-The model's leaky-ReLU blocks run in both memory layouts (the ``layout`` column), every
-provider on the same tensors: channels-first, as a user's model is by default, and
-channels-last, the layout ssgan's trainer gives the models on a CPU (its images, and so the
-input dropout, stay channels-first). The sweeps are channels-first.
+The model's leaky-ReLU blocks run channels-first, as a user's model is by default, and on a
+CPU also channels-last, the layout ssgan's trainer gives the models there, except the input
+dropout (its images stay channels-first); the ``layout`` column says which, and every provider
+runs on the same tensors. The sweeps are channels-first.
 
     python -m bench.kernels                          # GPU if visible, else CPU
     python -m bench.kernels --device cpu --threads 2
@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 import ssgan.kernels as K
-from ssgan.kernels import reference as ref
 from bench import common
+from ssgan.kernels import reference as ref
+from ssgan.train import memory_format
 
 PROVIDERS = ("ssgan", "stock", "stock+compile", "reference")
 BASELINES = ("stock", "stock+compile")
@@ -166,9 +167,15 @@ MODEL_BLOCKS = [
     ("G.act2", (128, 32, 16, 16), True, 0.0, 0.2)]
 
 
-def cases(dtype, device, smoke, compile_backend) -> list[Case]:
+# blocks that see the images, which the trainer keeps channels-first (ssgan.train.memory_format)
+IMAGE_BLOCKS = {"D.input_dropout"}
+
+
+def cases(dtype, device, smoke, compile_backend,
+          channels_last_rows: bool | None = None) -> list[Case]:
     """The discriminator's and generator's shapes at batch 128, then the sweeps (smaller on a
-    CPU, where the eager reference is left out of them)."""
+    CPU, where the eager reference is left out of them). ``channels_last_rows``: the model's
+    blocks also channels-last; by default where ssgan's trainer runs them so (a CPU)."""
     args = (dtype, device, compile_backend)
     if smoke:
         return [lrd_case("D.act3", (4, 3, 4, 4), True, 0.5, *args),
@@ -177,9 +184,13 @@ def cases(dtype, device, smoke, compile_backend) -> list[Case]:
                 gan_logits_case("D.head", 8, 11, True, *args),
                 mce_case("D.supervised", 8, 10, *args)]
     gpu = device.type == "cuda"
-    out = [lrd_case(label, shape, affine, p, *args, slope=slope, channels_last=channels_last)
-           for channels_last in (False, True)
-           for label, shape, affine, p, slope in MODEL_BLOCKS]
+    out = [lrd_case(label, shape, affine, p, *args, slope=slope) for label, shape, affine, p, slope
+           in MODEL_BLOCKS]
+    if channels_last_rows is None:
+        channels_last_rows = memory_format(device) == torch.channels_last
+    if channels_last_rows:
+        out += [lrd_case(label, shape, affine, p, *args, slope=slope, channels_last=True)
+                for label, shape, affine, p, slope in MODEL_BLOCKS if label not in IMAGE_BLOCKS]
     out += [gan_logits_case("D.head", 128, 10, False, *args),
             gan_logits_case("D.head", 128, 11, True, *args),
             mce_case("D.supervised", 128, 10, *args), mce_case("D.supervised", 128, 11, *args)]
