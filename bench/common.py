@@ -2,9 +2,10 @@
 peak memory and output files.
 
 On a GPU, times are ``triton.testing.do_bench`` medians (L2 flushed). On a CPU they are medians
-of repeated ``perf_counter`` runs after warm-up, on the stated number of threads, and peak
-memory comes from the profiler's allocation events. ``--smoke`` runs tiny shapes to check the
-harness; its rows say they are not a measurement.
+of repeated ``perf_counter`` runs after warm-up, on the stated number of threads, with the
+variants compared in one table timed in interleaved rounds; peak memory comes from the
+profiler's allocation events. ``--smoke`` runs tiny shapes to check the harness; its rows say
+they are not a measurement.
 """
 from __future__ import annotations
 
@@ -108,6 +109,42 @@ def cpu_times_ms(fn: Callable[[], object], min_runs: int, budget_s: float,
         start = time.perf_counter()
         fn()
         times.append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def interleaved_cpu_times_ms(fns: dict[str, Callable[[], object]], min_rounds: int,
+                             budget_s: float = 0.0, block_s: float = 0.0,
+                             grad_to_none: dict[str, list] | None = None,
+                             max_calls: int = 1000) -> dict[str, list[float]]:
+    """Milliseconds of every call of each of ``fns``, timed in interleaved rounds: a round runs
+    each function in turn for a block of calls lasting about ``block_s`` (one call at least), so
+    that a slow spell of the machine, which lasts seconds to minutes here, falls on all of them
+    alike rather than on whichever was being timed. Two untimed warm-up rounds of one call each
+    come first; then at least ``min_rounds`` rounds, and more while the whole run is within
+    ``budget_s`` and some function has fewer than ``max_calls`` calls. ``grad_to_none``: per
+    function, tensors whose ``.grad`` is reset before each call."""
+    grads = grad_to_none or {}
+
+    def timed(name: str) -> float:
+        for t in grads.get(name, ()):
+            t.grad = None
+        start = time.perf_counter()
+        fns[name]()
+        return 1000 * (time.perf_counter() - start)
+
+    for _ in range(2):
+        for name in fns:
+            timed(name)
+    block = {name: max(1, int(block_s * 1000 / max(timed(name), 1e-6))) if block_s else 1
+             for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    deadline = time.perf_counter() + budget_s
+    rounds = 0
+    while rounds < min_rounds or (time.perf_counter() < deadline
+                                  and min(map(len, times.values())) < max_calls):
+        for name in fns:
+            times[name] += [timed(name) for _ in range(block[name])]
+        rounds += 1
     return times
 
 

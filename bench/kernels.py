@@ -8,7 +8,8 @@ only at the model's shapes, where it finishes).
 
 For every op, every shape the batch-128 models use plus a sweep to memory-bound sizes (up to
 512 MB per tensor on a GPU, 32 MB on a CPU), and forward / backward / forward+backward, it
-records the median time, the achieved GB/s from the bytes the op must move, that as a
+records the median time (on a CPU the providers take turns in interleaved rounds, so that a
+slow spell of the machine hits them alike), the achieved GB/s from the bytes the op must move, that as a
 percentage of the copy bandwidth measured in the same run, and the peak memory of
 forward+backward. Output: ``kernels.csv``, ``kernels.md`` and PNG plots under
 ``bench/results/<gpu>`` or ``bench/results/cpu-<cpu>``.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -206,9 +208,16 @@ def cases(dtype, device, smoke, compile_backend,
 
 # ---------------------------------------------------------------- measuring
 
-def measure(case: Case, provider: str, mode: str, smoke: bool, copy_gbps: float,
-            device: torch.device) -> dict:
-    """One row: the median time of ``provider`` on ``case`` in ``mode``."""
+@dataclass
+class _Run:
+    """One provider's timed call on a case in one mode, on inputs of its own."""
+    call: Callable[[], object]
+    leaves: list[torch.Tensor]      # differentiable inputs, whose .grad is reset between calls
+    moved: int                      # bytes the op must move
+    dtype: torch.dtype
+
+
+def _run(case: Case, provider: str, mode: str) -> _Run:
     fn = case.fns[provider]
     inputs = case.make()
     leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -220,30 +229,58 @@ def measure(case: Case, provider: str, mode: str, smoke: bool, copy_gbps: float,
         return torch.randn_like(out) if out.dim() else torch.ones_like(out)
 
     if mode == "fwd":
-        run = forward
-        moved = case.bytes_fwd
-    elif mode == "bwd":
+        return _Run(forward, leaves, case.bytes_fwd, inputs[0].dtype)
+    if mode == "bwd":
         out = forward()
         dy = grad_of(out)
-        run = lambda: out.backward(dy, retain_graph=True)
-        moved = case.bytes_bwd
-    else:
-        dy = grad_of(forward())
-        run = lambda: forward().backward(dy)
-        moved = case.bytes_fwd + case.bytes_bwd
-    ms = common.bench_ms(run, device, smoke, grad_to_none=leaves)
-    gbps = float("nan") if smoke else moved / ms / 1e6
-    row = {"op": case.op, "variant": case.variant, "shape_from": case.label,
-           "shape": "x".join(map(str, case.shape)), "layout": case.layout,
-           "tensor_mb": case.megabytes,
-           "dtype": str(inputs[0].dtype).replace("torch.", ""), "mode": mode,
-           "provider": provider, "median_ms": ms, "gbps": gbps,
-           "pct_copy_bw": 100 * gbps / copy_gbps if copy_gbps == copy_gbps else float("nan")}
-    if mode == "fwd+bwd":
-        for t in leaves:
-            t.grad = None
-        row["peak_mem_mb"] = common.peak_memory_mb(run, device)
-    return row
+        return _Run(lambda: out.backward(dy, retain_graph=True), leaves, case.bytes_bwd,
+                    inputs[0].dtype)
+    dy = grad_of(forward())
+    return _Run(lambda: forward().backward(dy), leaves, case.bytes_fwd + case.bytes_bwd,
+                inputs[0].dtype)
+
+
+# a CPU round times each provider for about this long before the next one's turn
+CPU_BLOCK_S = 0.02
+
+
+def median_ms(runs: dict[str, _Run], device: torch.device, smoke: bool) -> dict[str, float]:
+    """Median milliseconds of each provider's run: ``do_bench`` one provider after another on
+    a GPU; on a CPU, interleaved rounds over one second per provider (2 calls each for
+    --smoke), since stock's ATen loops here drift between two speed levels for minutes at a
+    time (``bench/results/cpu-amd-epyc/folded-bn-variance/``) and a ratio of two times taken
+    seconds apart could straddle them."""
+    if device.type == "cuda" and not smoke:
+        return {name: common.bench_ms(r.call, device, smoke, grad_to_none=r.leaves)
+                for name, r in runs.items()}
+    times = common.interleaved_cpu_times_ms(
+        {name: r.call for name, r in runs.items()}, min_rounds=2 if smoke else 10,
+        budget_s=0.0 if smoke else len(runs), block_s=0.0 if smoke else CPU_BLOCK_S,
+        grad_to_none={name: r.leaves for name, r in runs.items()})
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure(case: Case, providers: list[str], mode: str, smoke: bool, copy_gbps: float,
+            device: torch.device) -> list[dict]:
+    """One row per provider: its median time on ``case`` in ``mode``, timed alongside the
+    others."""
+    runs = {name: _run(case, name, mode) for name in providers if name in case.fns}
+    rows = []
+    for provider, ms in median_ms(runs, device, smoke).items():
+        run = runs[provider]
+        gbps = float("nan") if smoke else run.moved / ms / 1e6
+        row = {"op": case.op, "variant": case.variant, "shape_from": case.label,
+               "shape": "x".join(map(str, case.shape)), "layout": case.layout,
+               "tensor_mb": case.megabytes,
+               "dtype": str(run.dtype).replace("torch.", ""), "mode": mode,
+               "provider": provider, "median_ms": ms, "gbps": gbps,
+               "pct_copy_bw": 100 * gbps / copy_gbps if copy_gbps == copy_gbps else float("nan")}
+        if mode == "fwd+bwd":
+            for t in run.leaves:
+                t.grad = None
+            row["peak_mem_mb"] = common.peak_memory_mb(run.call, device)
+        rows.append(row)
+    return rows
 
 
 def plot(rows: list[dict], out_dir) -> list:
@@ -316,14 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.ops and case.op not in args.ops:
             continue
         for mode in args.modes:
-            for provider in args.providers:
-                if provider not in case.fns:
-                    continue
-                row = measure(case, provider, mode, args.smoke, copy_gbps, device)
+            for row in measure(case, args.providers, mode, args.smoke, copy_gbps, device):
                 rows.append({**row, "copy_gbps": copy_gbps, **env})
                 print(f"{case.op:22s} {case.variant:22s} {row['shape']:>16s} "
-                      f"{case.layout:14s} {mode:8s} "
-                      f"{provider:14s} {row['median_ms']:9.4f} ms {row['gbps']:8.1f} GB/s")
+                      f"{case.layout:14s} {mode:8s} {row['provider']:14s} "
+                      f"{row['median_ms']:9.4f} ms {row['gbps']:8.1f} GB/s")
     add_speedups(rows)
     common.write_csv(rows, out_dir / "kernels.csv")
     summary = [r for r in rows if r["provider"] == "ssgan" and r["mode"] == "fwd+bwd"]

@@ -140,13 +140,8 @@ def measure(prepared: list[dict], device: torch.device, smoke: bool, rounds: int
             # H100, too few (stock timed faster at batch 512 than at 128)
             p["ms_per_step"] = common.bench_ms(p["run"], device, smoke, gpu_rep_ms=2000)
         return
-    times: dict[str, list[float]] = {p["variant"]: [] for p in ok}
-    for r in range(2 + (2 if smoke else rounds)):
-        for p in ok:
-            start = time.perf_counter()
-            p["run"]()
-            if r >= 2:
-                times[p["variant"]].append(1000 * (time.perf_counter() - start))
+    times = common.interleaved_cpu_times_ms({p["variant"]: p["run"] for p in ok},
+                                            min_rounds=2 if smoke else rounds)
     for p in ok:
         p["ms_per_step"] = statistics.median(times[p["variant"]])
         q = statistics.quantiles(times[p["variant"]], n=4)

@@ -1,5 +1,6 @@
 """The benchmarks run in their tiny smoke mode and write their CSVs, tables and plots."""
 import csv
+import time
 
 import pytest
 import torch
@@ -29,6 +30,31 @@ def test_kernel_bench_smoke(tmp_path):
     assert {r["layout"] for r in blocks} == {"channels_first", "channels_last"}
     assert "| layout |" in (tmp_path / "kernels.md").read_text()
     assert list(tmp_path.glob("kernels_leaky_relu_dropout_*.png"))
+
+
+def test_cpu_timing_interleaves_the_providers_in_blocks():
+    """Every round runs each function for its own block of calls, so a slow spell of the
+    machine falls on all of them; a slower function gets fewer calls per block, and grads are
+    reset before every call."""
+    log, leaf = [], torch.ones(1, requires_grad=True)
+
+    def fast():
+        assert leaf.grad is None
+        leaf.grad = torch.ones(1)
+        log.append("fast")
+
+    def slow():
+        log.append("slow")
+        time.sleep(0.004)
+
+    times = common.interleaved_cpu_times_ms({"fast": fast, "slow": slow}, min_rounds=3,
+                                            block_s=0.02, grad_to_none={"fast": [leaf]})
+    timed = log[6:]  # two warm-up rounds and one calibration call each
+    runs = [name for i, name in enumerate(timed) if i == 0 or timed[i - 1] != name]
+    assert runs == ["fast", "slow"] * 3
+    assert len(times["slow"]) == timed.count("slow") and 3 <= len(times["slow"]) <= 15
+    assert len(times["fast"]) == timed.count("fast") > 5 * len(times["slow"])
+    assert min(times["slow"]) >= 4.0
 
 
 def test_train_step_bench_smoke(tmp_path):
