@@ -233,6 +233,8 @@ def _native_layout(t: torch.Tensor, channels_last: bool | None = None) -> torch.
             return t
         return t.contiguous()
     if channels_last and t.dim() > 2:
+        if reference.has_channels_last_strides(t):
+            return t
         return t.movedim(1, -1).contiguous().movedim(-1, 1)
     return t.contiguous()
 
@@ -373,6 +375,18 @@ class LeakyReLUDropoutFunction(torch.autograd.Function):
                 dshift if ctx.needs_input_grad[2] else None, None, None, None, None)
 
 
+_UNUSED_SEEDS: dict[torch.device, torch.Tensor] = {}
+
+
+def _unused_seed(device: torch.device) -> torch.Tensor:
+    """The seed argument of a call without dropout, which no kernel reads: one shared
+    read-only tensor per device rather than a fresh allocation per call."""
+    seed = _UNUSED_SEEDS.get(device)
+    if seed is None:
+        seed = _UNUSED_SEEDS[device] = torch.zeros(1, dtype=torch.int64, device=device)
+    return seed
+
+
 def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float = 0.0,
                        training: bool = True, seed: int | torch.Tensor | None = None,
                        scale: torch.Tensor | None = None,
@@ -395,8 +409,7 @@ def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float
                                              training=training, seed=seed, scale=scale,
                                              shift=shift)
     drop = float(p) if training else 0.0
-    seed_tensor = (_checks.resolve_seed(seed, x.device) if drop > 0
-                   else torch.zeros(1, dtype=torch.int64, device=x.device))
+    seed_tensor = _checks.resolve_seed(seed, x.device) if drop > 0 else _unused_seed(x.device)
     # the kernels index scale and shift with stride 1 (C elements: the copy is free)
     scale, shift = (v.contiguous() if v is not None else None for v in (scale, shift))
     return LeakyReLUDropoutFunction.apply(x, scale, shift, seed_tensor, float(negative_slope),

@@ -99,6 +99,26 @@ def test_layouts_give_identical_results(backend, device):
         assert out.stride() == (v.stride() if keeps_layout else base.stride())
 
 
+def test_channels_last_strides_agree_with_the_movedim_definition():
+    """The 4-D shortcut (PyTorch's channels-last flag) answers exactly what
+    ``movedim(1, -1).is_contiguous()`` does, size-1 dims, empty tensors, slices and
+    permutations included."""
+    generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    seen = set()
+    for _ in range(400):
+        rank = int(torch.randint(3, 6, (1,), generator=generator))
+        shape = [int(v) for v in torch.randint(0, 4, (rank,), generator=generator)]  # 0: empty
+        order = torch.randperm(rank, generator=generator).tolist()
+        base = torch.empty([shape[d] for d in order]).permute(*torch.argsort(
+            torch.tensor(order)).tolist())
+        for t in (base, base[:, ::2], base.contiguous(memory_format=torch.channels_last)
+                  if rank == 4 else base.movedim(1, -1).contiguous().movedim(-1, 1)):
+            expected = t.movedim(1, -1).is_contiguous()
+            assert ref.has_channels_last_strides(t) == expected, (t.shape, t.stride())
+            seen.add((rank, expected))
+    assert {(4, True), (4, False)} <= seen
+
+
 def test_non_contiguous_gradients(backend, device):
     x = randn(6, 8, 10, device=device).transpose(0, 2)  # (10, 8, 6), strided
     scale, shift = randn(8, device=device), randn(8, device=device)
