@@ -15,7 +15,7 @@ import math
 import torch
 
 from . import _checks
-from ._philox import dropout_uniform
+from ._philox import dropout_uniform, dropout_uniform_channels_last
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -23,15 +23,19 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def dropout_keep_mask(seed: torch.Tensor, shape: torch.Size, p: float,
-                      device: torch.device) -> torch.Tensor:
+                      device: torch.device, channels_last: bool = False) -> torch.Tensor:
     """Bool mask (True = kept) for ``shape``: element i (row-major) is kept when its uniform
     number (see ``_philox``) exceeds p, exactly as the kernel decides. seed: one-element int64
-    tensor."""
+    tensor. ``channels_last``: the same mask, laid out channels-last where ``shape`` (N, C, ...)
+    has a multiple of 4 positions per channel (the layout then lets the draw follow memory)."""
     numel = 1
     for d in shape:
         numel *= d
-    uniform = dropout_uniform(seed, numel, device)
-    return (uniform > torch.tensor(p, dtype=torch.float32, device=device)).view(shape)
+    if channels_last and len(shape) > 2 and numel and (numel // (shape[0] * shape[1])) % 4 == 0:
+        uniform = dropout_uniform_channels_last(seed, shape, device)
+    else:
+        uniform = dropout_uniform(seed, numel, device).view(shape)
+    return uniform > torch.tensor(p, dtype=torch.float32, device=device)
 
 
 # ---------------------------------------------------------------- leaky-ReLU + dropout
@@ -85,7 +89,9 @@ def _dropout(t: torch.Tensor, seed: torch.Tensor | None, p: float) -> torch.Tens
     ones exactly 0. p == 0 returns ``t`` (no seed needed)."""
     if p == 0:
         return t
-    keep = dropout_keep_mask(seed, t.shape, p, t.device)
+    keep = dropout_keep_mask(seed, t.shape, p, t.device,
+                             channels_last=t.dim() > 2 and not t.is_contiguous()
+                             and has_channels_last_strides(t))
     return torch.where(keep, t * (1.0 / (1.0 - p)), 0.0)
 
 

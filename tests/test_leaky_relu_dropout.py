@@ -191,10 +191,26 @@ def test_same_mask_on_every_path_as_the_eager_twin(device, monkeypatch, path, ch
         leaf = x.clone().requires_grad_()
         out = K.leaky_relu_dropout(leaf, p=0.3, seed=seed)
         out.backward(torch.ones_like(out))
-        twin = ref.leaky_relu_dropout(x, p=0.3, seed=seed)
+        # the twin on channels-first memory: its numbers drawn in plain row-major order
+        twin = ref.leaky_relu_dropout(x.contiguous(), p=0.3, seed=seed)
         assert torch.equal(out != 0, twin != 0), seed
         assert torch.equal(leaf.grad != 0, twin != 0), seed
         torch.testing.assert_close(out, twin)
+
+
+def test_channels_last_draw_equals_the_row_major_draw():
+    """The channels-last order of the Philox draw gives every element the number of its
+    row-major index, for random shapes whose positions per channel are a multiple of 4."""
+    from ssgan.kernels._philox import dropout_uniform, dropout_uniform_channels_last
+    generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    for spatial in [(4,), (2, 2), (4, 4), (3, 8), (2, 2, 3)]:
+        n, c = (int(v) for v in torch.randint(1, 9, (2,), generator=generator))
+        shape = torch.Size((n, c, *spatial))
+        seed = torch.randint(0, 2**62, (1,), generator=generator)
+        drawn = dropout_uniform_channels_last(seed, shape, torch.device("cpu"))
+        assert drawn.shape == shape and drawn.movedim(1, -1).is_contiguous()
+        row_major = dropout_uniform(seed, shape.numel(), torch.device("cpu")).view(shape)
+        assert torch.equal(drawn, row_major), (shape, seed)
 
 
 def test_eval_mode_and_p_zero_do_not_drop(backend, device):
