@@ -44,6 +44,20 @@ def test_one_variant_serves_every_size_and_a_new_layout_gets_its_own(fresh_table
     assert len(_variants_of(ref.gan_logits_forward)) == 4
 
 
+def test_the_channels_last_draw_compiles_only_where_positions_come_in_fours(fresh_tables):
+    """A channels-last dropout with S % 4 == 0 draws in memory order, any other S in row-major
+    order: the variant compiled for one never serves the other, in either order of arrival,
+    and every mask equals the twin's on channels-first memory. (16+ channels: fewer run
+    channels-first on this path.)"""
+    for spatial in [(4, 4), (7, 3), (2, 10), (5, 5), (4, 6), (3, 3)]:
+        x = (randn(3, 17, *spatial).abs() + 0.1).contiguous(memory_format=torch.channels_last)
+        y = K.leaky_relu_dropout(x, p=0.4, seed=99)
+        twin = ref.leaky_relu_dropout(x.contiguous(), p=0.4, seed=99)
+        assert torch.equal(y != 0, twin != 0), spatial
+        torch.testing.assert_close(y, twin)
+    assert len(_variants_of(ref.leaky_relu_dropout_forward)) == 2
+
+
 def test_a_dispatch_mode_around_the_first_call_neither_breaks_nor_enters_compilation(
         fresh_tables):
     class Recorder(TorchDispatchMode):
