@@ -9,8 +9,8 @@ only at the model's shapes, where it finishes).
 For every op, every shape the batch-128 models use plus a sweep to memory-bound sizes (up to
 512 MB per tensor on a GPU, 32 MB on a CPU), and forward / backward / forward+backward, it
 records the median time (on a CPU the providers take turns in interleaved rounds, so that a
-slow spell of the machine hits them alike), the achieved GB/s from the bytes the op must move, that as a
-percentage of the copy bandwidth measured in the same run, and the peak memory of
+slow spell of the machine hits them alike), the achieved GB/s from the bytes the op must move,
+that as a percentage of the copy bandwidth measured in the same run, and the peak memory of
 forward+backward. Output: ``kernels.csv``, ``kernels.md`` and PNG plots under
 ``bench/results/<gpu>`` or ``bench/results/cpu-<cpu>``.
 
