@@ -33,21 +33,25 @@ def vector_width(request, monkeypatch):
 
 
 @pytest.mark.parametrize("affine", [False, True])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_dropout_masks_and_gradients_equal_the_eager_twin(vector_width, channels_last, affine):
+@pytest.mark.parametrize("channels_last,spatial", [(False, (7, 9)), (True, (7, 9)),
+                                                   (True, (4, 6))])
+def test_dropout_masks_and_gradients_equal_the_eager_twin(vector_width, channels_last, spatial,
+                                                          affine):
     # 19 channels: one full 16-lane vector and a tail along the channels-last inner dim;
-    # 7x9 positions: the same along the channels-first one, and S % 4 != 0
-    x = randn(6, 19, 7, 9)
+    # 7x9 positions: the same along the channels-first one, and S % 4 != 0; 4x6 positions:
+    # channels-last, the draw in memory order (S % 4 == 0)
+    x = randn(6, 19, *spatial)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     scale, shift = (randn(19).abs() + 0.5, randn(19)) if affine else (None, None)
-    dy = randn(6, 19, 7, 9)
+    dy = randn(6, 19, *spatial)
     assert K.backend_for(x) == "inductor"
     names = ["x"] + (["scale", "shift"] if affine else [])
     for seed in (3, 2**40 + 17):
         results = []
-        for op in (K.leaky_relu_dropout, ref.leaky_relu_dropout):
-            leaves = {n: t.clone().requires_grad_() for n, t in zip(names, (x, scale, shift))}
+        # the twin on channels-first memory: its numbers drawn in plain row-major order
+        for op, x_in in ((K.leaky_relu_dropout, x), (ref.leaky_relu_dropout, x.contiguous())):
+            leaves = {n: t.clone().requires_grad_() for n, t in zip(names, (x_in, scale, shift))}
             out = op(leaves["x"], p=0.5, seed=seed,
                      scale=leaves.get("scale"), shift=leaves.get("shift"))
             results.append((out, torch.autograd.grad(out, list(leaves.values()), dy)))
@@ -57,7 +61,7 @@ def test_dropout_masks_and_gradients_equal_the_eager_twin(vector_width, channels
         assert torch.equal(out != 0, twin != 0), seed
         torch.testing.assert_close(out, twin)
         torch.testing.assert_close(grads[0], twin_grads[0])
-        for grad, twin_grad in zip(grads[1:], twin_grads[1:]):  # sums over 378 elements
+        for grad, twin_grad in zip(grads[1:], twin_grads[1:]):  # sums over 6 * S elements
             torch.testing.assert_close(grad, twin_grad, rtol=1e-5, atol=1e-4)
 
 
