@@ -1,8 +1,10 @@
 """The notebook's generator and discriminator, built on the fused kernels.
 
-Every BatchNorm + leaky-ReLU (+ dropout) block is one ``leaky_relu_dropout`` call with the
-BatchNorm folded into per-channel ``scale``/``shift``: PyTorch computes the batch statistics
-(so autograd differentiates through them), the kernel does the elementwise work in one pass.
+On a GPU every BatchNorm + leaky-ReLU (+ dropout) block is one ``leaky_relu_dropout`` call with
+the BatchNorm folded into per-channel ``scale``/``shift``: PyTorch computes the batch statistics
+(so autograd differentiates through them), the kernel does the elementwise work in one pass. On
+a CPU the BatchNorm runs as ATen's own batch norm and the kernel (or ATen's leaky ReLU, where
+there is no dropout) takes its output: see :func:`folds_batch_norm`.
 """
 from __future__ import annotations
 
@@ -30,6 +32,21 @@ class FoldedBatchNorm(nn.BatchNorm2d):
     def __init__(self, channels: int):
         super().__init__(channels, eps=BN_EPS)
         self.use_batch_stats = False
+
+    def normalize(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """The BatchNorm applied by ATen's ``batch_norm``, with the statistics and running
+        averages :meth:`scale_shift` would use; x (N, C, ...), returned alike."""
+        batch_stats = self.training or self.use_batch_stats
+        track = self.training and update_stats
+        weight = 0.0
+        if track:
+            self.num_batches_tracked += 1
+            # momentum None means a cumulative average, as in nn.BatchNorm2d
+            weight = (1.0 / self.num_batches_tracked.item() if self.momentum is None
+                      else self.momentum)
+        running = ((self.running_mean, self.running_var) if track or not batch_stats
+                   else (None, None))
+        return F.batch_norm(x, *running, self.weight, self.bias, batch_stats, weight, self.eps)
 
     def scale_shift(self, x: torch.Tensor, update_stats: bool = True
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,13 +101,25 @@ def batch_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.T
     return _BatchStatistics.apply(x.to(stats_dtype), eps)
 
 
-class LeakyBlock(nn.Module):
-    """Optional folded BatchNorm, then leaky-ReLU, then dropout: one fused kernel call.
+def folds_batch_norm(x: torch.Tensor) -> bool:
+    """Whether a block on ``x`` folds its BatchNorm into the fused op (on a GPU) rather than
+    running ATen's batch norm first (on a CPU). On this project's CPU the folded block, with
+    its statistics pass, the small ops that turn them into scale and shift, and their autograd,
+    took 1.3x-1.6x the time of ``F.leaky_relu(bn(x))`` forward+backward at every BatchNorm
+    shape of the models, and ATen's batch norm followed by the unfolded op beat the folded one
+    at D.act3, 0.26 against 0.34 ms (``bench/results/cpu-amd-epyc/batchnorm-blocks/``). On a
+    GPU it is unmeasured, so it stays as designed."""
+    return x.is_cuda
 
-    A block with neither BatchNorm nor dropout (p == 0, or evaluation) has nothing to fuse: it
-    runs ATen's leaky-ReLU, the identity for slope 1. The fused op would run the same single
-    pass plus its own call overhead: fwd+bwd at 128x64x8x8, 0.10 ms against ATen's 0.08 ms on
-    this project's CPU and 0.52 ms against 0.08 ms on an H100 (``kernels.md`` under
+
+class LeakyBlock(nn.Module):
+    """Optional BatchNorm, then leaky-ReLU, then dropout: one fused kernel call where the
+    BatchNorm folds into it (:func:`folds_batch_norm`), else ATen's batch norm first.
+
+    A block with nothing left to fuse, no dropout (p == 0, or evaluation) and no BatchNorm to
+    fold, runs ATen's leaky-ReLU, the identity for slope 1. The fused op would run the same
+    single pass plus its own call overhead: fwd+bwd at 128x64x8x8, 0.10 ms against ATen's
+    0.08 ms on this project's CPU and 0.52 ms against 0.08 ms on an H100 (``kernels.md`` under
     ``bench/results/cpu-amd-epyc`` and ``nvidia-h100-80gb-hbm3/kernels-fp32``, row D.act2).
     """
 
@@ -100,11 +129,14 @@ class LeakyBlock(nn.Module):
         self.alpha, self.p = alpha, p
 
     def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
-        if self.bn is None and (self.p == 0 or not self.training):
-            return x if self.alpha == 1 else F.leaky_relu(x, self.alpha)
         scale = shift = None
         if self.bn is not None:
-            scale, shift = self.bn.scale_shift(x, update_stats)
+            if folds_batch_norm(x):
+                scale, shift = self.bn.scale_shift(x, update_stats)
+            else:
+                x = self.bn.normalize(x, update_stats)
+        if scale is None and (self.p == 0 or not self.training):
+            return x if self.alpha == 1 else F.leaky_relu(x, self.alpha)
         return K.leaky_relu_dropout(x, negative_slope=self.alpha, p=self.p,
                                     training=self.training, scale=scale, shift=shift)
 

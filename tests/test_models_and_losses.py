@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 import ssgan.kernels as K
+import ssgan.models as models
 from conftest import KERNEL_PATH
 from ssgan.losses import discriminator_loss, feature_matching_loss
 from ssgan.models import (Discriminator, FoldedBatchNorm, Generator, LeakyBlock, batch_statistics,
@@ -45,7 +46,21 @@ def test_generator_rejects_bad_size():
         Generator(image_size=30)
 
 
-def test_folded_block_equals_batchnorm_then_leaky_relu():
+@pytest.fixture(params=["folded", "aten"])
+def bn_path(request, monkeypatch):
+    """Both ways a block runs its BatchNorm, whatever this machine's device: folded into the
+    fused op (a GPU's way) and ATen's batch norm first (a CPU's)."""
+    monkeypatch.setattr(models, "folds_batch_norm", lambda x: request.param == "folded")
+    return request.param
+
+
+def test_batch_norm_folds_on_a_gpu_only():
+    assert not models.folds_batch_norm(torch.zeros(2, 3, 4, 4))
+    if torch.cuda.is_available():
+        assert models.folds_batch_norm(torch.zeros(2, 3, 4, 4, device="cuda"))
+
+
+def test_block_equals_batchnorm_then_leaky_relu(bn_path):
     torch.manual_seed(0)
     x = torch.randn(6, 5, 4, 4)
     block = LeakyBlock(5, alpha=0.2)
@@ -62,7 +77,7 @@ def test_folded_block_equals_batchnorm_then_leaky_relu():
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_folded_block_gradients_equal_batchnorm_then_leaky_relu(channels_last):
+def test_block_gradients_equal_batchnorm_then_leaky_relu(bn_path, channels_last):
     layout = torch.channels_last if channels_last else torch.contiguous_format
     x = (torch.randn(7, 5, 3, 6) * 3 + 1).contiguous(memory_format=layout).requires_grad_()
     dy = torch.randn(7, 5, 3, 6)
@@ -110,7 +125,7 @@ def test_batch_statistics_are_fp32_for_every_input_dtype(dtype, tol):
     torch.testing.assert_close(invstd.double(), truth[1], rtol=tol, atol=tol)
 
 
-def test_generated_batches_do_not_touch_running_stats():
+def test_generated_batches_do_not_touch_running_stats(bn_path):
     d = Discriminator(1, 10, size_mult=4)
     before = [m.running_mean.clone() for m in d.modules() if isinstance(m, FoldedBatchNorm)]
     d(torch.randn(4, 1, 32, 32), update_stats=False)
@@ -120,7 +135,7 @@ def test_generated_batches_do_not_touch_running_stats():
     assert not all(torch.equal(a, b) for a, b in zip(before, after))
 
 
-def test_eval_bn_modes():
+def test_eval_bn_modes(bn_path):
     d = Discriminator(1, 10, size_mult=4).eval()
     x = torch.randn(8, 1, 32, 32) * 3 + 2
     running = d(x)[0]
@@ -137,7 +152,7 @@ def test_eval_bn_modes():
         d.set_eval_bn("both")
 
 
-def test_recalibrate_bn_averages_real_batch_statistics_without_dropout():
+def test_recalibrate_bn_averages_real_batch_statistics_without_dropout(bn_path):
     torch.manual_seed(0)
     d = Discriminator(1, 10, size_mult=4)
     d.train()
@@ -157,7 +172,7 @@ def test_recalibrate_bn_averages_real_batch_statistics_without_dropout():
     assert d.act3.bn.momentum == 0.1
 
 
-def test_models_on_kernel_path_match_twins(device, monkeypatch):
+def test_models_on_kernel_path_match_twins(device, monkeypatch, bn_path):
     """The same models, seeds and inputs through the Triton path and through the twins."""
     torch.manual_seed(0)
     d = Discriminator(3, 10, size_mult=4, extra_class=True).to(device)
@@ -200,7 +215,7 @@ def test_feature_matching_loss_matches_formula():
     assert feature_matching_loss(real, real).item() == 0
 
 
-def test_a_block_with_nothing_to_fuse_runs_atens_leaky_relu(monkeypatch):
+def test_a_block_with_nothing_to_fuse_runs_atens_leaky_relu(monkeypatch, bn_path):
     calls = []
     monkeypatch.setattr(K, "leaky_relu_dropout", lambda x, **kw: calls.append(kw) or x)
     x = torch.randn(4, 6, 5, 5)
@@ -208,8 +223,11 @@ def test_a_block_with_nothing_to_fuse_runs_atens_leaky_relu(monkeypatch):
     assert torch.equal(LeakyBlock(None, 0.2, p=0.5).eval()(x), F.leaky_relu(x, 0.2))
     assert LeakyBlock(None, 1.0, p=0.2).eval()(x) is x
     assert not calls
-    # dropout in training, or a BatchNorm to fold: the fused op
+    # dropout in training: the fused op; a BatchNorm: the fused op where it folds into it,
+    # else ATen's batch norm and, without dropout, ATen's leaky ReLU
     LeakyBlock(None, 0.2, p=0.5)(x)
     LeakyBlock(6, 0.2)(x)
-    assert [kw["p"] for kw in calls] == [0.5, 0.0]
-    assert calls[1]["scale"] is not None
+    LeakyBlock(6, 0.2, p=0.5)(x)
+    folded = bn_path == "folded"
+    assert [(kw["p"], kw["scale"] is not None) for kw in calls] == (
+        [(0.5, False), (0.0, True), (0.5, True)] if folded else [(0.5, False), (0.5, False)])
