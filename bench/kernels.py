@@ -159,8 +159,10 @@ def mce_case(label, batch, cols, dtype, device, compile_backend, with_reference=
                 bytes_bwd=batch * (2 * cols * size + 8 + 1 + 4))
 
 
-# (label, shape, affine, p, slope): every fused block of D and G at batch 128 in training. D.act2
-# and D.act7, bare leaky-ReLUs with nothing to fuse, run ATen's kernel (models.LeakyBlock).
+# (label, shape, affine, p, slope): every fused block of D and G at batch 128 in training, with
+# its BatchNorm folded in (affine) as a GPU's model calls it. D.act2 and D.act7, bare leaky-ReLUs
+# with nothing to fuse, run ATen's kernel (models.LeakyBlock); so, on a CPU, where the model runs
+# ATen's batch norm first (models.folds_batch_norm), do the BatchNorm blocks without dropout.
 MODEL_BLOCKS = [
     ("D.input_dropout", (128, 3, 32, 32), False, 0.2, 1.0),
     ("D.act1", (128, 64, 16, 16), False, 0.5, 0.2), ("D.act3", (128, 64, 4, 4), True, 0.5, 0.2),
@@ -177,7 +179,8 @@ def cases(dtype, device, smoke, compile_backend,
           channels_last_rows: bool | None = None) -> list[Case]:
     """The discriminator's and generator's shapes at batch 128, then the sweeps (smaller on a
     CPU, where the eager reference is left out of them). ``channels_last_rows``: the model's
-    blocks also channels-last; by default where ssgan's trainer runs them so (a CPU)."""
+    blocks also channels-last, by default where ssgan's trainer runs them so (a CPU), plus the
+    BatchNorm block with dropout unfolded, as the model calls the op there."""
     args = (dtype, device, compile_backend)
     if smoke:
         return [lrd_case("D.act3", (4, 3, 4, 4), True, 0.5, *args),
@@ -191,8 +194,13 @@ def cases(dtype, device, smoke, compile_backend,
     if channels_last_rows is None:
         channels_last_rows = memory_format(device) == torch.channels_last
     if channels_last_rows:
-        out += [lrd_case(label, shape, affine, p, *args, slope=slope, channels_last=True)
-                for label, shape, affine, p, slope in MODEL_BLOCKS if label not in IMAGE_BLOCKS]
+        for label, shape, affine, p, slope in MODEL_BLOCKS:
+            if label in IMAGE_BLOCKS:
+                continue
+            out.append(lrd_case(label, shape, affine, p, *args, slope=slope, channels_last=True))
+            if affine and p:  # as a CPU's model calls it: ATen's batch norm first, no fold
+                out.append(lrd_case(label, shape, False, p, *args, slope=slope,
+                                    channels_last=True))
     out += [gan_logits_case("D.head", 128, 10, False, *args),
             gan_logits_case("D.head", 128, 11, True, *args),
             mce_case("D.supervised", 128, 10, *args), mce_case("D.supervised", 128, 11, *args)]

@@ -105,10 +105,12 @@ def folds_batch_norm(x: torch.Tensor) -> bool:
     """Whether a block on ``x`` folds its BatchNorm into the fused op (on a GPU) rather than
     running ATen's batch norm first (on a CPU). On this project's CPU the folded block, with
     its statistics pass, the small ops that turn them into scale and shift, and their autograd,
-    took 1.3x-1.6x the time of ``F.leaky_relu(bn(x))`` forward+backward at every BatchNorm
-    shape of the models, and ATen's batch norm followed by the unfolded op beat the folded one
-    at D.act3, 0.26 against 0.34 ms (``bench/results/cpu-amd-epyc/batchnorm-blocks/``). On a
-    GPU it is unmeasured, so it stays as designed."""
+    took 1.12x-1.57x the time of stock's ``F.leaky_relu(bn(x))`` forward+backward at every
+    BatchNorm shape of the models without dropout, where ATen's batch norm and leaky ReLU take
+    1.00x-1.03x; at D.act3, with dropout, ATen's batch norm and the unfolded op took 0.29 against
+    0.37-0.40 ms channels-last; and the training step 90-93 against 92-96 ms
+    (``bench/results/cpu-amd-epyc/batchnorm-blocks/``). On a GPU it is unmeasured, so it stays
+    as designed."""
     return x.is_cuda
 
 
