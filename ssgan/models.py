@@ -23,7 +23,8 @@ EVAL_BN_MODES = ("running", "recalibrated", "batch")
 
 class FoldedBatchNorm(nn.BatchNorm2d):
     """A BatchNorm2d that returns its normalize+affine as (scale, shift) vectors instead of
-    applying them, so the activation kernel can apply them in the same pass.
+    applying them (:meth:`scale_shift`), so the activation kernel can apply them in the same
+    pass, or applies them with ATen's batch norm (:meth:`normalize`), the same statistics.
 
     In training it uses batch statistics and, when ``update_stats``, updates the running ones.
     ``use_batch_stats`` forces batch statistics at evaluation too (the notebook's behaviour).
