@@ -108,8 +108,8 @@ def folds_batch_norm(x: torch.Tensor) -> bool:
     its statistics pass, the small ops that turn them into scale and shift, and their autograd,
     took 1.12x-1.57x the time of stock's ``F.leaky_relu(bn(x))`` forward+backward at every
     BatchNorm shape of the models without dropout, where ATen's batch norm and leaky ReLU take
-    1.00x-1.03x; at D.act3, with dropout, ATen's batch norm and the unfolded op took 0.29-0.30 against
-    0.37-0.40 ms channels-last; and the training step 90-93 against 92-96 ms
+    1.00x-1.03x; at D.act3, with dropout, ATen's batch norm and the unfolded op took 0.29-0.30
+    against 0.37-0.40 ms channels-last; and the training step 90-93 against 92-96 ms
     (``bench/results/cpu-amd-epyc/batchnorm-blocks/``). On a GPU it is unmeasured, so it stays
     as designed."""
     return x.is_cuda
