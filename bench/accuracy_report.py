@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from ssgan.models import EVAL_BN_MODES
-from ssgan.train import evaluate_checkpoint
+from ssgan.evaluation import evaluate_checkpoint
 
 
 def copy_run(run: Path, dest: Path) -> list[dict]:

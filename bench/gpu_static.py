@@ -60,13 +60,14 @@ def _recording_device() -> str:
 
 
 def model_step_launches(recipe: str, batch: int = 128, step_counter=None) -> list[dict]:
-    """Launches of one training step of ``recipe`` at its real shapes, recorded dry, in the
-    layout the trainer uses on a GPU (channels-first)."""
+    """Launches of one training step of ``recipe`` at its real shapes, recorded dry, with the
+    decisions the trainer takes on a GPU (``ssgan.devices.POLICIES["cuda"]``)."""
     import ssgan.kernels as K
     import ssgan.train as T
     from bench.gpu_compile import record_launches
     from bench.train_step import synthetic_svhn
     from ssgan.data import Dataset, Split
+    from ssgan.devices import decisions_of
 
     cfg = T.config_for(recipe, batch_size=batch, device=_recording_device(), kernels="triton",
                        progress=False, out_dir="/nonexistent")
@@ -76,16 +77,12 @@ def model_step_launches(recipe: str, batch: int = 128, step_counter=None) -> lis
                                            generator=g), torch.arange(4 * batch) % 10), None, 10)
     else:
         data = synthetic_svhn(max(4 * batch, cfg.labels))
-    original = T.memory_format
-    T.memory_format = lambda device: torch.contiguous_format  # the GPU layout
-    try:
+    with decisions_of("cuda"):
         trainer = T.Trainer(cfg, data)
-    finally:
-        T.memory_format = original
-    idx = torch.arange(batch, device=trainer.device)
-    with K.use_backend("triton"), K.deferred_target_checks(), \
-            record_launches(dry=True) as launches:
-        trainer.step(idx)
+        idx = torch.arange(batch, device=trainer.device)
+        with K.use_backend("triton"), K.deferred_target_checks(), \
+                record_launches(dry=True) as launches:
+            trainer.step(idx)
     for launch in launches:
         launch["source"] = f"model:{recipe}"
     return launches
@@ -233,53 +230,47 @@ def _gpu_like_optimizers(trainer) -> None:
                                                 betas=(cfg.beta1, 0.999), foreach=True))
 
 
-def step_traffic(results: list[dict], batch: int = 128) -> list[dict]:
-    """Kernel launches and HBM bytes of one notebook training step, fused vs stock."""
+def step_traffic(batch: int = 128) -> list[dict]:
+    """Kernel launches and HBM bytes of one notebook training step, fused vs stock, each with
+    the decisions a GPU takes (``ssgan.devices.POLICIES["cuda"]``)."""
+    from ssgan.devices import decisions_of
+    rows = []
+    for path in ("fused (ssgan)", "stock PyTorch"):
+        with decisions_of("cuda"):
+            rows.append(_path_traffic(path, batch))
+    return rows
+
+
+def _path_traffic(path: str, batch: int) -> dict:
+    """One path's launches and bytes in one step (Adam's state created outside the count)."""
     import ssgan.kernels as K
-    import ssgan.train as T
     from bench import stock
     from bench.gpu_compile import record_launches
     from bench.train_step import make_trainer
 
-    by_key = {}
-    for r in results:
-        if r.get("arch") == "sm_90" and "error" not in r:
-            by_key.setdefault(r["op"], []).append(r)
-    rows = []
-    for path in ("fused (ssgan)", "stock PyTorch"):
-        original = T.memory_format
-        T.memory_format = lambda device: torch.contiguous_format
-        try:
-            trainer = make_trainer("ssgan", batch, smoke=False, device=torch.device("cpu"))
-        finally:
-            T.memory_format = original
-        idx = torch.arange(batch)
-        counter = StepCounter()
-        if path.startswith("stock"):
-            g, d = stock.stock_models(trainer)
-            _gpu_like_optimizers(trainer)
-            stock.stock_step(trainer, g, d, idx)   # creates Adam's state outside the count
-            with counter.mode:
-                stock.stock_step(trainer, g, d, idx)
-            triton_launches, triton_bytes = 0, 0
-        else:
-            _gpu_like_optimizers(trainer)
-            with K.use_backend("triton"), K.deferred_target_checks():
-                with record_launches(dry=True):
-                    trainer.step(idx)
-                with record_launches(dry=True) as launches, counter.mode:
-                    trainer.step(idx)
-            triton_launches = len(launches)
-            triton_bytes = sum(_launch_bytes(launch) for launch in launches)
-        rows.append({"path": path, "aten_launches": counter.launches,
-                     "triton_launches": triton_launches,
-                     "launches": counter.launches + triton_launches,
-                     "hbm_mb": round((counter.bytes + triton_bytes) / 2**20, 1),
-                     "launch_floor_us": round((counter.launches + triton_launches)
-                                              * H100["launch_floor_s"] * 1e6, 1),
-                     "top_ops": json.dumps(dict(sorted(counter.ops.items(),
-                                                       key=lambda kv: -kv[1])[:8]))})
-    return rows
+    trainer = make_trainer("ssgan", batch, smoke=False, device=torch.device("cpu"))
+    idx = torch.arange(batch)
+    counter = StepCounter()
+    if path.startswith("stock"):
+        g, d = stock.stock_models(trainer)
+        _gpu_like_optimizers(trainer)
+        stock.stock_step(trainer, g, d, idx)
+        with counter.mode:
+            stock.stock_step(trainer, g, d, idx)
+        launches = []
+    else:
+        _gpu_like_optimizers(trainer)
+        with K.use_backend("triton"), K.deferred_target_checks():
+            with record_launches(dry=True):
+                trainer.step(idx)
+            with record_launches(dry=True) as launches, counter.mode:
+                trainer.step(idx)
+    total = counter.launches + len(launches)
+    return {"path": path, "aten_launches": counter.launches, "triton_launches": len(launches),
+            "launches": total,
+            "hbm_mb": round((counter.bytes + sum(map(_launch_bytes, launches))) / 2**20, 1),
+            "launch_floor_us": round(total * H100["launch_floor_s"] * 1e6, 1),
+            "top_ops": json.dumps(dict(sorted(counter.ops.items(), key=lambda kv: -kv[1])[:8]))}
 
 
 def _launch_bytes(launch: dict) -> int:
@@ -388,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = [r for r in results if "error" in r]
     for r in errors:
         print(f"COMPILE ERROR {r['kernel']} {r['arch']}: {r['error']}", file=sys.stderr)
-    step_rows = step_traffic(results)
+    step_rows = step_traffic()
     write_report(results, step_rows, Path(args.out))
     print((Path(args.out) / "gpu_static.md").read_text())
     return 1 if errors else 0

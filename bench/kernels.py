@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 
 import ssgan.kernels as K
-from bench import common
+from bench import common, stock
+from ssgan.devices import policy
 from ssgan.kernels import reference as ref
-from ssgan.train import memory_format
 
 PROVIDERS = ("ssgan", "stock", "stock+compile", "reference")
 BASELINES = ("stock", "stock+compile")
@@ -76,13 +76,6 @@ def _lrd_stock(x, scale, shift, slope, p):
 
 def _gan_logits_stock(z, extra):
     return torch.logsumexp(z[:, :-1], 1) - z[:, -1] if extra else torch.logsumexp(z, 1)
-
-
-def _mce_stock(z, target, mask):
-    """The notebook's masked mean: CE of labeled rows summed / max(1, labeled rows)."""
-    ce = F.cross_entropy(z, target.clamp_min(0), reduction="none")
-    m = mask.to(ce.dtype)
-    return (ce * m).sum() / m.sum().clamp_min(1.0)
 
 
 def _compiled(fn, backend):
@@ -153,7 +146,7 @@ def mce_case(label, batch, cols, dtype, device, compile_backend, with_reference=
 
     size = torch.finfo(dtype).bits // 8
     return Case("masked_cross_entropy", f"classes={cols}", label, (batch, cols), ROWS, make,
-                _providers(K.masked_cross_entropy, _mce_stock, ref.masked_cross_entropy,
+                _providers(K.masked_cross_entropy, stock.masked_cross_entropy, ref.masked_cross_entropy,
                            compile_backend, with_reference),
                 bytes_fwd=batch * (cols * size + 8 + 1 + 4),
                 bytes_bwd=batch * (2 * cols * size + 8 + 1 + 4))
@@ -171,7 +164,7 @@ MODEL_BLOCKS = [
     ("G.act2", (128, 32, 16, 16), True, 0.0, 0.2)]
 
 
-# blocks that see the images, which the trainer keeps channels-first (ssgan.train.memory_format)
+# blocks that see the images, which the trainer keeps channels-first (ssgan.devices.DevicePolicy)
 IMAGE_BLOCKS = {"D.input_dropout"}
 
 
@@ -192,7 +185,7 @@ def cases(dtype, device, smoke, compile_backend,
     out = [lrd_case(label, shape, affine, p, *args, slope=slope) for label, shape, affine, p, slope
            in MODEL_BLOCKS]
     if channels_last_rows is None:
-        channels_last_rows = memory_format(device) == torch.channels_last
+        channels_last_rows = policy(device).memory_format == torch.channels_last
     if channels_last_rows:
         for label, shape, affine, p, slope in MODEL_BLOCKS:
             if label in IMAGE_BLOCKS:

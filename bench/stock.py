@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssgan.data import to_unit_range
+from ssgan.kernels._private_api import no_buffer_donation
 from ssgan.models import BN_EPS
-from ssgan.train import Trainer
+from ssgan.train import Trainer, simultaneous_update
 
 
 class StockDiscriminator(nn.Module):
@@ -74,7 +75,7 @@ class StockGenerator(nn.Module):
 def masked_cross_entropy(logits, labels, mask):
     """The notebook's supervised term: CE summed over labeled rows / max(1, labeled rows)."""
     ce = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
-    m = mask.float()
+    m = mask.to(ce.dtype)
     return (ce * m).sum() / m.sum().clamp_min(1.0)
 
 
@@ -95,16 +96,21 @@ def stock_models(trainer: Trainer, compile_models: bool = False, channels_last: 
     trainer.opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=betas)
     trainer.opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=betas)
     if compile_models:
-        # the simultaneous update differentiates D's graph twice (retain_graph=True); AOTAutograd
-        # refuses that once it donates buffers, as it did at batch 512 on an H100, and its error
-        # tells the user to turn donation off, which is what a user would do
-        torch._functorch.config.donated_buffer = False
         g, d = torch.compile(g), torch.compile(d)
     return g, d
 
 
 def stock_step(trainer: Trainer, g: nn.Module, d: nn.Module, idx: torch.Tensor) -> dict:
-    """One simultaneous update of stock D and G, as :meth:`Trainer.step` does it."""
+    """One simultaneous update of stock D and G, as :meth:`Trainer.step` does it.
+
+    The update differentiates D's graph twice (``retain_graph=True``), which AOTAutograd
+    refuses once it donates buffers; its error tells the user to turn donation off, which is
+    what a user would do, so the step runs without it (for this step only, not the process)."""
+    with no_buffer_donation():
+        return _stock_step(trainer, g, d, idx)
+
+
+def _stock_step(trainer: Trainer, g: nn.Module, d: nn.Module, idx: torch.Tensor) -> dict:
     cfg = trainer.cfg
     real = to_unit_range(trainer.data.train.images[idx])
     labels = trainer.train_labels[idx]
@@ -115,12 +121,5 @@ def stock_step(trainer: Trainer, g: nn.Module, d: nn.Module, idx: torch.Tensor) 
               + F.binary_cross_entropy_with_logits(gan_real, torch.ones_like(gan_real))
               + F.binary_cross_entropy_with_logits(gan_fake, torch.zeros_like(gan_fake)))
     g_loss = (feat_real.mean(0) - feat_fake.mean(0)).abs().mean()
-    d_params, g_params = list(d.parameters()), list(g.parameters())
-    d_grads = torch.autograd.grad(d_loss, d_params, retain_graph=True)
-    g_grads = torch.autograd.grad(g_loss, g_params)
-    for params, grads in ((d_params, d_grads), (g_params, g_grads)):
-        for p, grad in zip(params, grads):
-            p.grad = grad
-    trainer.opt_d.step()
-    trainer.opt_g.step()
+    simultaneous_update(d_loss, g_loss, d, g, trainer.opt_d, trainer.opt_g)
     return {"d_loss": d_loss, "g_loss": g_loss}

@@ -34,7 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import ssgan.kernels as K
 from bench import common, stock
 from ssgan.data import Dataset, Split
-from ssgan.train import TrainConfig, Trainer
+from ssgan.config import config_for
+from ssgan.train import Trainer
 
 SVHN_TRAIN_IMAGES = 73_257
 VARIANTS = ("ssgan", "stock", "stock+compile", "stock+channels_last", "reference",
@@ -50,9 +51,9 @@ def synthetic_svhn(n: int, size: int = 32) -> Dataset:
 
 
 def make_trainer(variant: str, batch: int, smoke: bool, device: torch.device) -> Trainer:
-    cfg = TrainConfig(batch_size=batch, labels=1000 if not smoke else 20, device=str(device),
-                      kernels="torch" if variant == "reference" else "auto",
-                      progress=False, out_dir="/nonexistent")
+    cfg = config_for("notebook", batch_size=batch, labels=1000 if not smoke else 20,
+                     device=str(device), kernels="torch" if variant == "reference" else "auto",
+                     progress=False, out_dir="/nonexistent")
     if smoke:
         cfg.d_size_mult, cfg.g_size_mult, cfg.z_dim = 4, 4, 8
     trainer = Trainer(cfg, synthetic_svhn(max(4 * batch, 1000 if not smoke else 64)))

@@ -4,13 +4,13 @@ Public ops (see each docstring): :func:`leaky_relu_dropout`, :func:`gan_logits`,
 :func:`masked_cross_entropy`; :func:`backend_for` says which path a tensor takes;
 :func:`deferred_target_checks` keeps the target-range check on the device in a training loop.
 """
-from ._backend import backend_for, requested_backend, set_backend, use_backend
+from ._backend import BACKENDS, backend_for, requested_backend, set_backend, use_backend
 from ._target_checks import DeferredTargetCheck, deferred_target_checks
 from .gan_logits import gan_logits
 from .leaky_relu_dropout import leaky_relu_dropout
 from .masked_cross_entropy import masked_cross_entropy
 from . import reference
 
-__all__ = ["backend_for", "requested_backend", "set_backend", "use_backend", "leaky_relu_dropout",
+__all__ = ["BACKENDS", "backend_for", "requested_backend", "set_backend", "use_backend", "leaky_relu_dropout",
            "gan_logits", "masked_cross_entropy", "reference", "deferred_target_checks",
            "DeferredTargetCheck"]

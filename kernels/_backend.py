@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from . import _inductor
+from ._private_api import custom_op_body
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BACKENDS = ("auto", "triton", "inductor", "torch")
@@ -80,12 +81,12 @@ def call_op(op, *args):
     """``op(*args)`` for one of the ops' ``torch.library.custom_op`` halves. While a tracer is
     at work (``torch.compile``, or fake and functional tensors) it stays the registered op: one
     opaque node with its fake implementation. In eager mode it calls the op's Python body
-    directly: the custom-op dispatch around it (autograd fallback, no-grad redispatch) cost
-    about 4 ms of a 95 ms CPU training step, measured."""
+    directly: the custom-op dispatch around it (autograd fallback, no-grad redispatch) is a
+    measurable share of a CPU training step (docs/cpu-path.md)."""
     # a traced call's tensors are all fake or functional, so its first argument (a tensor in
     # every op half) tells
     traced = torch.compiler.is_compiling() or type(args[0]) not in _EAGER_TENSOR_TYPES
-    return (op if traced else getattr(op, "_init_fn", op))(*args)
+    return (op if traced else custom_op_body(op))(*args)
 
 
 _EAGER_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)

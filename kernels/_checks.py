@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import _target_checks
+from ._private_api import assert_async
 
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 MAX_SEED = 2**63 - 1
@@ -108,7 +109,7 @@ def check_target_range(target: torch.Tensor, weight: torch.Tensor, num_classes: 
         return
     bad = (weight != 0) & ((target < 0) | (target >= num_classes))
     if compiling:
-        torch._assert_async(~bad.any(), f"a target on a labeled row is outside [0, {num_classes})")
+        assert_async(~bad.any(), f"a target on a labeled row is outside [0, {num_classes})")
         return
     _target_checks.report(bad.any(), lambda: raise_bad_target(
         target, int(bad.nonzero()[0, 0]), num_classes))

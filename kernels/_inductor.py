@@ -8,11 +8,11 @@ Each function is traced once per signature into an ATen graph with symbolic size
 (``make_fx``) and compiled by Inductor's own entry point (``compile_fx_inner``), whose on-disk
 FX-graph cache makes later runs skip the C++ compilation. ``torch.compile`` would do the same
 work but puts Dynamo's frame evaluation, guards and AOTAutograd's runtime wrappers around every
-call: about 12 us, measured on the head's forward at 128x10 (17.2 us against 5.2 us here; stock's
-``torch.logsumexp`` takes 11.0 us; ``bench/results/cpu-amd-epyc/fx-call-overhead/``). Here a
-call costs a dictionary lookup and Inductor's generated wrapper. The
-guards Dynamo would check, we check once per new set of input sizes and strides: the traced
-graph's shape guards (duck-sized dims equal, a size-1 dim stays 1, ...) against the inputs.
+call, a cost of the order of the small ops' own (docs/cpu-path.md). Here a call costs a
+dictionary lookup and Inductor's generated wrapper. The guards Dynamo would check, we check
+once per new set of input sizes and strides: the traced graph's shape guards (duck-sized dims
+equal, a size-1 dim stays 1, ...) against the inputs. The private entry points this needs are
+in :mod:`._private_api`.
 
 Where nothing can be compiled (no C++ compiler, say), the first call warns once and every later
 call runs the same math eagerly; :func:`available` then turns false, so ``backend_for`` names
@@ -20,17 +20,13 @@ the ``torch`` path that really runs.
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
-from torch._guards import TracingContext, tracing
-from torch._inductor import config as inductor_config
-from torch._inductor.compile_fx import compile_fx_inner
-from torch._inductor.decomposition import select_decomp_table
 from torch.fx.experimental.proxy_tensor import make_fx
-from torch.utils._python_dispatch import _disable_current_modes
+
+from . import _private_api as private
 
 _failure: str | None = None
 
@@ -55,7 +51,7 @@ class _Compiled:
         # functional ATen graph (the twins write into buffers they allocate), Inductor's
         # decompositions, every size and stride a symbol unless it is 0 or 1
         graph = make_fx(torch.func.functionalize(on_tensors, remove="mutations"),
-                        decomposition_table=select_decomp_table(),
+                        decomposition_table=private.select_decomp_table(),
                         tracing_mode="symbolic")(*tensors)
         self._placeholders = [n.meta["val"] for n in graph.graph.nodes if n.op == "placeholder"]
         fake_mode = self._placeholders[0].fake_mode
@@ -63,21 +59,11 @@ class _Compiled:
         # make_fx's handle on it is unpicklable and would bar the FX cache; Inductor finds the
         # same one through the placeholders
         graph.shape_env = None
-        # Inductor's FX-graph cache looks up the shape environment in the tracing context.
-        # dynamic_threads: every loop nest gets an OpenMP parallel region whatever the sizes at
-        # tracing; otherwise the first call's sizes decide, and a graph traced on a few rows
-        # (and cached on disk) would run any later size on one thread
-        with tracing(TracingContext(fake_mode)), inductor_config.patch(
-                {"cpp.dynamic_threads": True}):
-            compiled = compile_fx_inner(graph, self._placeholders)
-        # the generated module's own entry point: CompiledFxGraph.__call__ around it only
-        # manages GPU autotuning caches
-        self._run = compiled.current_callable
+        self._run = private.compile_graph(graph, self._placeholders, fake_mode)
 
     def serves(self, tensors: list[torch.Tensor]) -> bool:
         """Whether the graph's shape guards hold for these inputs (static sizes included)."""
-        return self._shape_env.evaluate_guards_for_args(self._placeholders, tensors,
-                                                        ignore_static=False)
+        return private.guards_hold(self._shape_env, self._placeholders, tensors)
 
     def __call__(self, tensors: list[torch.Tensor]):
         return self._run(tensors)
@@ -88,21 +74,6 @@ class _Compiled:
 _variants: dict[tuple, list[_Compiled]] = {}
 # the same key plus each tensor's sizes and strides -> the variant that serves them
 _by_layout: dict[tuple, _Compiled] = {}
-
-
-# the dispatcher's thread-local key sets outside any op: a custom op's body, reached through
-# the dispatcher (opcheck, a dispatch mode), runs with the tracing keys excluded
-_DEFAULT_KEY_SETS = (torch._C._dispatch_tls_local_include_set(),
-                     torch._C._dispatch_tls_local_exclude_set())
-
-
-@contextlib.contextmanager
-def _clean_dispatch_state() -> Iterator[None]:
-    """Tracing sees neither the dispatch state of the op being run nor a dispatch mode the
-    op runs under (opcheck's, a profiler's), and no autograd."""
-    with torch._C._ForceDispatchKeyGuard(*_DEFAULT_KEY_SETS), _disable_current_modes(), \
-            torch.no_grad():
-        yield
 
 
 def available() -> bool:
@@ -145,9 +116,9 @@ def _variant_for(fn: Callable, args: tuple, tensors: list[torch.Tensor]) -> _Com
         if variant.serves(tensors):
             return variant
     try:
-        with _clean_dispatch_state():
+        with private.clean_dispatch_state():
             variant = _Compiled(fn, args)
-    except torch._dynamo.exc.BackendCompilerFailed as err:  # Inductor's errors derive from it
+    except private.BackendCompilerFailed as err:  # Inductor's errors derive from it
         _failure = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         warnings.warn(
             "ssgan.kernels: the CPU kernels could not be compiled by Inductor "

@@ -6,6 +6,8 @@ import copy
 import torch
 from torch import nn
 
+from ssgan.kernels._private_api import foreach_lerp_
+
 
 class WeightAverage:
     """``average = decay * average + (1 - decay) * current`` after every step, for parameters
@@ -13,7 +15,7 @@ class WeightAverage:
 
     Unlike ``torch.optim.swa_utils.AveragedModel``, whose update tests a device-side counter
     (one host read per step), the average starts as a copy of the module, so an update is one
-    ``torch._foreach_lerp_`` and nothing waits for the device."""
+    foreach lerp and nothing waits for the device."""
 
     def __init__(self, module: nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
@@ -33,7 +35,7 @@ class WeightAverage:
     def update(self, module: nn.Module) -> None:
         """Moves the average towards ``module``'s current weights (same architecture)."""
         avg_float, cur_float, avg_other, cur_other = self._pairs(module)
-        torch._foreach_lerp_(avg_float, cur_float, 1.0 - self.decay)
+        foreach_lerp_(avg_float, cur_float, 1.0 - self.decay)
         for avg, cur in zip(avg_other, cur_other):
             avg.copy_(cur)
 

@@ -26,7 +26,9 @@ MNIST_MIRRORS = torchvision.datasets.MNIST.mirrors
 MNIST_MD5 = dict(torchvision.datasets.MNIST.resources)  # the official files' names -> md5
 BUNDLED_MNIST = Path(__file__).parent / "bundled" / "mnist"  # 5k train subset + official test
 BUNDLED_TRAIN_PREFIX = "train-5k"
-DEFAULT_DATA_DIRS = {"svhn": "data/svhn"}
+DATASETS = ("svhn", "mnist", "folder")
+LABEL_SELECTIONS = ("first", "balanced")
+SVHN_DEFAULT_DIR = "data/svhn"
 UNLABELED = -1
 
 
@@ -185,9 +187,8 @@ def load_mnist(data_dir: str | Path | None = None, *, train_prefix: str | None =
     Without ``data_dir``: the bundled 5k training subset and the official test set. With it:
     the files there, ``train_prefix`` defaulting to ``train`` (the official 60k); missing
     official files are downloaded when ``download``."""
-    if data_dir is None or str(data_dir) == "":
-        data_dir, train_prefix = BUNDLED_MNIST, train_prefix or BUNDLED_TRAIN_PREFIX
-    data_dir, train_prefix = Path(data_dir), train_prefix or "train"
+    data_dir, train_prefix = default_location("mnist", data_dir or "", train_prefix or "")
+    data_dir = Path(data_dir)
     return Dataset(_mnist_split(data_dir, train_prefix, download),
                    _mnist_split(data_dir, test_prefix, download), 10,
                    [str(d) for d in range(10)])
@@ -249,14 +250,27 @@ def load_image_folder(root: str | Path, *, image_size: int = 32, channels: int =
                    class_names)
 
 
+def default_location(name: str, data_dir: str, mnist_train_prefix: str) -> tuple[str, str]:
+    """The folder and MNIST training-file prefix a dataset reads, where ``data_dir`` or the
+    prefix is empty: the bundled MNIST subset (prefix ``train-5k``), ``train`` (the official
+    60k) in a given MNIST folder, ``data/svhn`` for SVHN."""
+    if name == "mnist" and not data_dir:
+        return str(BUNDLED_MNIST), mnist_train_prefix or BUNDLED_TRAIN_PREFIX
+    if name == "mnist":
+        return data_dir, mnist_train_prefix or "train"
+    if name == "svhn":
+        return data_dir or SVHN_DEFAULT_DIR, mnist_train_prefix
+    return data_dir, mnist_train_prefix
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = True,
                  verify_md5: bool = True, mnist_train_prefix: str | None = None,
                  mnist_test_prefix: str = "t10k", image_size: int = 32,
                  channels: int = 3) -> Dataset:
     """Dispatches on ``--dataset``: ``svhn``, ``mnist`` or ``folder``. An empty ``data_dir``
-    means the dataset's default: ``data/svhn``, or the bundled MNIST subset."""
+    means the dataset's default (:func:`default_location`)."""
     if name == "svhn":
-        return load_svhn(data_dir or DEFAULT_DATA_DIRS["svhn"], download=download,
+        return load_svhn(default_location("svhn", str(data_dir or ""), "")[0], download=download,
                          verify_md5=verify_md5)
     if name == "mnist":
         return load_mnist(data_dir or None, train_prefix=mnist_train_prefix or None,

@@ -1,21 +1,28 @@
 """The notebook's generator and discriminator, built on the fused kernels.
 
-On a GPU every BatchNorm + leaky-ReLU (+ dropout) block is one ``leaky_relu_dropout`` call with
-the BatchNorm folded into per-channel ``scale``/``shift``: PyTorch computes the batch statistics
-(so autograd differentiates through them), the kernel does the elementwise work in one pass. On
-a CPU the BatchNorm runs as ATen's own batch norm and the kernel (or ATen's leaky ReLU, where
-there is no dropout) takes its output: see :func:`folds_batch_norm`.
+Where the device folds BatchNorm (:class:`ssgan.devices.DevicePolicy`, a GPU), a BatchNorm +
+leaky-ReLU (+ dropout) block is one ``leaky_relu_dropout`` call with the BatchNorm folded into
+per-channel ``scale``/``shift``: PyTorch computes the batch statistics (so autograd
+differentiates through them), the kernel does the elementwise work in one pass. Elsewhere (a
+CPU) the BatchNorm runs as ATen's own batch norm and the kernel (or ATen's leaky ReLU, where
+there is no dropout) takes its output.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import ssgan.kernels as K
+from ssgan.devices import policy
 from ssgan.subpixel import deconv
+
+if TYPE_CHECKING:
+    from ssgan.config import TrainConfig
+    from ssgan.data import Dataset
 
 BN_EPS = 1e-3  # TensorFlow's default, which the notebook used
 EVAL_BN_MODES = ("running", "recalibrated", "batch")
@@ -94,36 +101,22 @@ def batch_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.T
     """Per-channel batch mean and ``1 / sqrt(biased var + eps)`` of x (N, C, ...), each (C,),
     in fp32 (fp64 for fp64 x); differentiable in x.
 
-    ``torch.native_batch_norm`` gathers both in one pass. ``torch.var_mean`` over the same
-    channels-last tensor is 7-14x slower on a CPU, and autograd's backward through it is a
-    chain of small ops where this one is a single ``addcmul``.
+    ``torch.native_batch_norm`` gathers both in one pass, where ``torch.var_mean`` takes two
+    over a channels-last tensor, and its backward here is one ``addcmul`` where autograd's
+    through ``var_mean`` is a chain of small ops.
     """
     stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     return _BatchStatistics.apply(x.to(stats_dtype), eps)
 
 
-def folds_batch_norm(x: torch.Tensor) -> bool:
-    """Whether a block on ``x`` folds its BatchNorm into the fused op (on a GPU) rather than
-    running ATen's batch norm first (on a CPU). On this project's CPU the folded block, with
-    its statistics pass, the small ops that turn them into scale and shift, and their autograd,
-    took 1.12x-1.57x the time of stock's ``F.leaky_relu(bn(x))`` forward+backward at every
-    BatchNorm shape of the models without dropout, where ATen's batch norm and leaky ReLU take
-    1.00x-1.03x; at D.act3, with dropout, ATen's batch norm and the unfolded op took 0.29-0.30
-    against 0.37-0.40 ms channels-last; and the training step 90-93 against 92-96 ms
-    (``bench/results/cpu-amd-epyc/batchnorm-blocks/``). On a GPU it is unmeasured, so it stays
-    as designed."""
-    return x.is_cuda
-
-
 class LeakyBlock(nn.Module):
     """Optional BatchNorm, then leaky-ReLU, then dropout: one fused kernel call where the
-    BatchNorm folds into it (:func:`folds_batch_norm`), else ATen's batch norm first.
+    device folds BatchNorm into it (``DevicePolicy.folds_batch_norm``), else ATen's batch norm
+    first.
 
     A block with nothing left to fuse, no dropout (p == 0, or evaluation) and no BatchNorm to
-    fold, runs ATen's leaky-ReLU, the identity for slope 1. The fused op would run the same
-    single pass plus its own call overhead: fwd+bwd at 128x64x8x8, 0.10 ms against ATen's
-    0.08 ms on this project's CPU and 0.52 ms against 0.08 ms on an H100 (``kernels.md`` under
-    ``bench/results/cpu-amd-epyc`` and ``nvidia-h100-80gb-hbm3/kernels-fp32``, row D.act2).
+    fold, runs ATen's leaky-ReLU, the identity for slope 1: the fused op would run the same
+    single pass plus its own call overhead.
     """
 
     def __init__(self, channels: int | None, alpha: float, p: float = 0.0):
@@ -134,7 +127,7 @@ class LeakyBlock(nn.Module):
     def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
         scale = shift = None
         if self.bn is not None:
-            if folds_batch_norm(x):
+            if policy(x.device).folds_batch_norm:
                 scale, shift = self.bn.scale_shift(x, update_stats)
             else:
                 x = self.bn.normalize(x, update_stats)
@@ -253,8 +246,20 @@ class Generator(nn.Module):
         h = self.act0(h)
         h = self.act1(deconv(self.deconv1, h))
         h = self.act2(deconv(self.deconv2, h))
-        # images are channels-first whatever the feature maps' layout (see train.memory_format)
+        # images are channels-first whatever the feature maps' layout (see DevicePolicy)
         return torch.tanh(deconv(self.deconv3, h)).contiguous()
+
+
+def build_models(cfg: "TrainConfig", data: "Dataset", device: torch.device
+                 ) -> tuple[Generator, Discriminator]:
+    """G and D for ``cfg``'s widths and ``data``'s images and classes, on ``device`` in its
+    layout (``DevicePolicy.memory_format``), D with ``cfg.eval_bn``'s evaluation mode."""
+    g = Generator(cfg.z_dim, data.channels, data.image_size, cfg.g_size_mult, cfg.alpha)
+    d = Discriminator(data.channels, data.num_classes, cfg.d_size_mult, cfg.drop_rate,
+                      cfg.alpha, cfg.extra_class)
+    d.set_eval_bn(cfg.eval_bn)
+    layout = policy(device).memory_format
+    return g.to(device, memory_format=layout), d.to(device, memory_format=layout)
 
 
 def count_parameters(module: nn.Module) -> int:

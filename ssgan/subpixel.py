@@ -1,23 +1,19 @@
 """Transposed convolutions with few output channels, run on a CPU as sub-pixel convolutions.
 
-oneDNN runs a transposed convolution into three channels at a fraction of its usual speed:
-the generator's last layer, 128x32x16x16 -> 128x3x32x32, took 2.99 ms forward on 2 threads of
-this project's AMD EPYC. The same arithmetic, written as an ordinary convolution to
-``stride**2`` times the channels followed by ``pixel_shuffle``, took 1.46 ms. With 32 or more
-output channels the sub-pixel form was slower (4.99 and 6.60 ms against 2.11 and 2.29 ms for
-the generator's other two layers), and its backward was slower too, so only the forward of a
-narrow transposed convolution is replaced and its gradients are ATen's own
-``convolution_backward``: 3.44 against 4.36 ms forward+backward for the last layer
-(``bench/results/cpu-amd-epyc/subpixel-ab/layers.txt``). The input gradient of the
-discriminator's first convolution is the same kind of narrow transposed convolution; computed
-this way it was faster alone but not in a training step measured alternately, so it stays
-ATen's.
+oneDNN runs a transposed convolution into a few channels (the generator's last layer, into an
+RGB image) far below its usual speed. The same arithmetic, written as an ordinary convolution
+to ``stride**2`` times the channels followed by ``pixel_shuffle``, runs faster there. With
+many output channels the sub-pixel form is slower, and so is its backward, so only the forward
+of a narrow transposed convolution is replaced and its gradients are ATen's own
+``convolution_backward`` (docs/cpu-path.md).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ssgan.devices import policy
 
 MAX_NARROW_CHANNELS = 8
 
@@ -63,9 +59,7 @@ def subpixel_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
 def _pixel_shuffle_channels_first(y: torch.Tensor, stride: int) -> torch.Tensor:
     """``F.pixel_shuffle(y, stride)`` in the channels-first layout of an image, whatever y's.
     ``pixel_shuffle`` keeps a channels-last input's layout, and the image then needs a copy;
-    this permuted copy does both in one pass: 0.23 ms against 0.34 + 0.06 ms at
-    128x12x16x16 channels-last, 2 threads
-    (``bench/results/cpu-amd-epyc/images-cf-ab/shuffle.txt``)."""
+    this permuted copy does both in one pass."""
     b, c, h, w = y.shape
     c_out = c // (stride * stride)
     return (y.view(b, c_out, stride, stride, h, w).permute(0, 1, 4, 2, 5, 3)
@@ -79,8 +73,9 @@ def _square(pair: object) -> int | None:
 
 def _plain(layer: nn.Module, x: torch.Tensor, channels: int) -> bool:
     """True when ``layer`` is an ungrouped, undilated layer with a bias and at most
-    ``MAX_NARROW_CHANNELS`` narrow-side channels, fed a batched CPU image."""
-    return (not x.is_cuda and x.dim() == 4 and channels <= MAX_NARROW_CHANNELS
+    ``MAX_NARROW_CHANNELS`` narrow-side channels, fed a batched image on a device whose
+    policy takes the sub-pixel form."""
+    return (policy(x.device).subpixel_deconv and x.dim() == 4 and channels <= MAX_NARROW_CHANNELS
             and layer.bias is not None and layer.groups == 1 and layer.dilation == (1, 1)
             and layer.padding_mode == "zeros")
 

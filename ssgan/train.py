@@ -1,4 +1,4 @@
-"""The trainer: one readable loop (nanoGPT style), configured by a dataclass.
+"""The trainer: one readable loop (nanoGPT style), configured by :class:`TrainConfig`.
 
 Per step: draw a batch by an on-device permutation, sample z on the device, run G once and D on
 real and generated data once, and update both players simultaneously from that one forward pass
@@ -7,246 +7,38 @@ checkpoint. A resumed run continues bit-exactly on CPU.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
 import math
-import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 import ssgan.kernels as K
-from ssgan import plots
+from ssgan import checkpoints, plots
+from ssgan.kernels import _private_api
 from ssgan.augment import random_translate
 from ssgan.averaging import WeightAverage
+from ssgan.config import TrainConfig, config_for, load_data, resolve_data_location, validate
 from ssgan.cpu_memory import keep_freed_memory
-from ssgan.data import (BUNDLED_MNIST, BUNDLED_TRAIN_PREFIX, Dataset, check_labels,
-                        load_dataset, select_labeled, to_unit_range)
+from ssgan.data import Dataset, check_labels, select_labeled, to_unit_range
+from ssgan.devices import policy, resolve_device
+from ssgan.evaluation import accuracy, eval_batch_size, eval_bn_statistics
 from ssgan.losses import discriminator_loss, feature_matching_loss, prediction_entropy
-from ssgan.models import Discriminator, Generator
+from ssgan.models import Discriminator, build_models
+
+__all__ = ["METRIC_FIELDS", "TrainConfig", "Trainer", "TrainingError", "config_for",
+           "scheduled_lr", "simultaneous_update", "train"]
 
 METRIC_FIELDS = ["epoch", "lr", "d_loss", "g_loss", "supervised_loss", "train_accuracy",
                  "test_accuracy", "test_accuracy_no_ema", "step_ms", "epoch_s"]
 
 
-LABELED_BATCH_TERMS = ("all", "supervised")
-LR_SCHEDULES = ("exponential", "constant", "linear")
-
-
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run. The defaults are the notebook's SVHN setup (the ``notebook``
-    recipe); :func:`config_for` starts from a recipe instead. Empty ``data_dir`` /
-    ``mnist_train_prefix`` mean the dataset's default (``data/svhn``; the bundled MNIST
-    subset)."""
-    recipe: str = "notebook"   # a record of the preset these values started from
-    dataset: str = "svhn"
-    data_dir: str = ""
-    out_dir: str = "runs"
-    name: str = ""
-    download: bool = True
-    verify_md5: bool = True
-    mnist_train_prefix: str = ""
-    mnist_test_prefix: str = "t10k"
-    image_size: int = 32
-    channels: int = 3
-    labels: int = 1000
-    label_selection: str = "first"
-    labeled_batch_size: int = 0
-    labeled_batch_terms: str = "supervised"
-    supervised_only: bool = False
-    batch_size: int = 128
-    epochs: int = 25
-    lr: float = 3e-4
-    beta1: float = 0.5
-    lr_decay: float = 0.9
-    lr_schedule: str = "exponential"
-    augment_shift: int = 0
-    ema_decay: float = 0.0
-    unlabeled_weight: float = 1.0
-    entropy_weight: float = 0.0
-    z_dim: int = 100
-    d_size_mult: int = 64
-    g_size_mult: int = 32
-    drop_rate: float = 0.5
-    alpha: float = 0.2
-    extra_class: bool = False
-    eval_bn: str = "recalibrated"
-    eval_batch_size: int = 1000
-    refresh_every: int = 10
-    eval_every: int = 1
-    seed: int = 0
-    device: str = "auto"
-    kernels: str = "auto"
-    resume: bool = False
-    progress: bool = True
-
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / (self.name or f"{self.dataset}-{self.labels}labels")
-
-
-# Presets. ``improved`` is the recipe measured step by step in bench/results/accuracy/recipe/
-# (README, "Results"); ``notebook`` is TrainConfig's defaults.
-RECIPES: dict[str, dict] = {
-    "improved": {"dataset": "mnist", "labels": 100, "label_selection": "balanced",
-                 "labeled_batch_size": 64, "labeled_batch_terms": "supervised", "lr": 1e-3,
-                 "lr_schedule": "constant", "augment_shift": 2, "ema_decay": 0.995,
-                 "entropy_weight": 0.3, "epochs": 100, "eval_every": 5},
-    "notebook": {},
-}
-
-
-def config_for(recipe: str = "improved", **overrides) -> TrainConfig:
-    """A :class:`TrainConfig` from a preset of :data:`RECIPES`, with ``overrides`` (any
-    TrainConfig field) taking precedence over the preset."""
-    if recipe not in RECIPES:
-        raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
-    return TrainConfig(**{**RECIPES[recipe], **overrides, "recipe": recipe})
-
-
-def resolve_data_location(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the dataset's default folder and file prefix filled in, so that
-    ``config.json`` and checkpoints name the files a run actually read."""
-    if cfg.dataset == "mnist" and not cfg.data_dir:
-        return dataclasses.replace(cfg, data_dir=str(BUNDLED_MNIST), mnist_train_prefix=(
-            cfg.mnist_train_prefix or BUNDLED_TRAIN_PREFIX))
-    if cfg.dataset == "mnist":
-        return dataclasses.replace(cfg, mnist_train_prefix=cfg.mnist_train_prefix or "train")
-    if cfg.dataset == "svhn" and not cfg.data_dir:
-        return dataclasses.replace(cfg, data_dir="data/svhn")
-    return cfg
-
-
-def inductor_cache_dir() -> str:
-    """Where Inductor keeps compiled kernels between runs (``TORCHINDUCTOR_CACHE_DIR``)."""
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
-    return cache_dir()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA GPU is visible; use "
-                         "--device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise ValueError(f"--device {name}: only {count} CUDA GPU(s) are visible "
-                         f"(cuda:0..cuda:{count - 1}); use one of those, or --device cuda")
-    return device
-
-
-def memory_format(device: torch.device) -> torch.memory_format:
-    """The layout of the models' weights and feature maps on ``device``: channels-last on a
-    CPU, where oneDNN's convolutions run faster on it (``bench.train_step`` measures stock vs
-    stock+channels_last), PyTorch's default elsewhere.
-
-    Images (D's input, G's output) stay channels-first on every device: with 1 or 3 channels
-    a channels-last image fills few lanes of a vector, so the fused input dropout would convert
-    it to channels-first and back, and the first convolution reorders its input anyway.
-    In the CPU step (batch 128, 2 threads, alternating in one process) this saved 0.3 to
-    2.5 ms of 93 to 100 ms (``bench/results/cpu-amd-epyc/images-cf-ab/ab.txt``)."""
-    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
-
-
-def build_models(cfg: TrainConfig, data: Dataset, device: torch.device
-                 ) -> tuple[Generator, Discriminator]:
-    g = Generator(cfg.z_dim, data.channels, data.image_size, cfg.g_size_mult, cfg.alpha)
-    d = Discriminator(data.channels, data.num_classes, cfg.d_size_mult, cfg.drop_rate,
-                      cfg.alpha, cfg.extra_class)
-    d.set_eval_bn(cfg.eval_bn)
-    layout = memory_format(device)
-    return g.to(device, memory_format=layout), d.to(device, memory_format=layout)
-
-
-def eval_batch_size(cfg: TrainConfig) -> int:
-    """Batch statistics depend on the batch, so ``--eval-bn batch`` evaluates at the training
-    batch size; the other modes use the larger ``--eval-batch-size``."""
-    return cfg.batch_size if cfg.eval_bn == "batch" else cfg.eval_batch_size
-
-
-@contextlib.contextmanager
-def eval_bn_statistics(d: Discriminator, cfg: TrainConfig,
-                       train_images: torch.Tensor) -> Iterator[None]:
-    """The BatchNorm statistics evaluation uses, for the duration of a block.
-
-    ``--eval-bn recalibrated`` re-estimates D's statistics on all real training images (uint8
-    (N, C, H, W)) with dropout off, then restores the training-time running statistics, so
-    that checkpoints (and ``ssgan eval --eval-bn running``) keep them. A no-op for the other
-    modes."""
-    if cfg.eval_bn != "recalibrated":
-        yield
-        return
-    saved = {name: buf.clone() for name, buf in d.named_buffers()}
-    bs = cfg.eval_batch_size
-    d.recalibrate_bn(to_unit_range(train_images[i:i + bs])
-                     for i in range(0, train_images.shape[0], bs))
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for name, buf in d.named_buffers():
-                buf.copy_(saved[name])
-
-
-@torch.no_grad()
-def accuracy(d: Discriminator, images: torch.Tensor, labels: torch.Tensor,
-             batch_size: int, num_classes: int) -> float:
-    """Top-1 accuracy of D's real-class logits (dropout off); images uint8 (N, C, H, W)."""
-    was_training = d.training
-    d.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=images.device)
-    for start in range(0, images.shape[0], batch_size):
-        logits, _, _ = d(to_unit_range(images[start:start + batch_size]))
-        pred = logits[:, :num_classes].argmax(1)
-        correct += (pred == labels[start:start + batch_size]).sum()
-    d.train(was_training)
-    return correct.item() / max(1, images.shape[0])
-
-
-def _validate(cfg: TrainConfig, data: Dataset) -> None:
-    if cfg.batch_size < 1 or cfg.batch_size > len(data.train):
-        raise ValueError(f"--batch-size must be in 1..{len(data.train)} (the training set), "
-                         f"got {cfg.batch_size}")
-    if cfg.labeled_batch_size < 0:
-        raise ValueError(f"--labeled-batch-size must be >= 0, got {cfg.labeled_batch_size}")
-    if cfg.labeled_batch_terms not in LABELED_BATCH_TERMS:
-        raise ValueError(f"--labeled-batch-terms must be one of "
-                         f"{', '.join(LABELED_BATCH_TERMS)}, got {cfg.labeled_batch_terms!r}")
-    if cfg.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {cfg.epochs}")
-    if cfg.refresh_every < 1:
-        raise ValueError(f"--refresh-every must be >= 1, got {cfg.refresh_every}")
-    if cfg.eval_every < 1:
-        raise ValueError(f"--eval-every must be >= 1, got {cfg.eval_every}")
-    if not 0 <= cfg.drop_rate < 1:
-        raise ValueError(f"--drop-rate must be in [0, 1), got {cfg.drop_rate}")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, "
-                         f"got {cfg.lr_schedule!r}")
-    if cfg.augment_shift < 0 or cfg.augment_shift >= data.image_size // 2:
-        raise ValueError(f"--augment-shift must be in 0..{data.image_size // 2 - 1} pixels, "
-                         f"got {cfg.augment_shift}")
-    if not 0 <= cfg.ema_decay < 1:
-        raise ValueError(f"--ema-decay must be in [0, 1) (0 turns the average off), "
-                         f"got {cfg.ema_decay}")
-    if cfg.unlabeled_weight < 0 or cfg.entropy_weight < 0:
-        raise ValueError("--unlabeled-weight and --entropy-weight must be >= 0, got "
-                         f"{cfg.unlabeled_weight} and {cfg.entropy_weight}")
 
 
 def scheduled_lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -263,6 +55,22 @@ def scheduled_lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.lr * min(1.0, 2.0 * remaining)
 
 
+def simultaneous_update(d_loss: torch.Tensor, g_loss: torch.Tensor, d: torch.nn.Module,
+                        g: torch.nn.Module, opt_d: torch.optim.Optimizer,
+                        opt_g: torch.optim.Optimizer) -> None:
+    """Both players' gradients from one forward pass, then both optimizer steps (the
+    notebook's update). ``torch.autograd.grad`` keeps each loss's gradient off the other
+    player's parameters."""
+    d_params, g_params = list(d.parameters()), list(g.parameters())
+    d_grads = torch.autograd.grad(d_loss, d_params, retain_graph=True)
+    g_grads = torch.autograd.grad(g_loss, g_params)
+    for params, grads in ((d_params, d_grads), (g_params, g_grads)):
+        for p, grad in zip(params, grads):
+            p.grad = grad
+    opt_d.step()
+    opt_g.step()
+
+
 class Trainer:
     """Holds the models, optimizers and data of one run; :meth:`fit` trains it."""
 
@@ -271,12 +79,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if self.device.type == "cpu":
             keep_freed_memory()
-        data = data or load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
-                                    verify_md5=cfg.verify_md5,
-                                    mnist_train_prefix=cfg.mnist_train_prefix,
-                                    mnist_test_prefix=cfg.mnist_test_prefix,
-                                    image_size=cfg.image_size, channels=cfg.channels)
-        _validate(cfg, data)
+        data = data or load_data(cfg, download=cfg.download)
+        validate(cfg, data)
         check_labels(data)
         torch.manual_seed(cfg.seed)
         self.data = data.to(self.device)
@@ -286,10 +90,7 @@ class Trainer:
         self.train_labels = torch.full_like(self.data.train.labels, -1)
         self.train_labels[self.labeled_idx] = self.data.train.labels[self.labeled_idx]
         self.g, self.d = build_models(cfg, data, self.device)
-        # on a CPU the fused Adam updated both models in 0.36 ms where the default (foreach)
-        # took 1.28 ms (2 threads); on a GPU it would keep its step counters on the device,
-        # unmeasured here, so the GPU keeps the default
-        betas, fused = (cfg.beta1, 0.999), self.device.type == "cpu"
+        betas, fused = (cfg.beta1, 0.999), policy(self.device).fused_adam
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=betas, fused=fused)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=betas, fused=fused)
         # evaluation uses an exponential moving average of D's weights when --ema-decay > 0;
@@ -314,7 +115,7 @@ class Trainer:
 
     def _real_images(self, idx: torch.Tensor) -> torch.Tensor:
         """Training images ``idx``, augmented with ``--augment-shift``, as float in [-1, 1],
-        channels-first like every image tensor (see :func:`memory_format`)."""
+        channels-first like every image tensor (see :class:`ssgan.devices.DevicePolicy`)."""
         images = random_translate(self.data.train.images[idx], self.cfg.augment_shift,
                                   self.batch_rng)
         return to_unit_range(images)
@@ -350,14 +151,8 @@ class Trainer:
             losses["d_loss"] = losses["d_loss"] + cfg.entropy_weight * losses["entropy"]
         losses["g_loss"] = feature_matching_loss(feat_real, feat_fake)
         losses.update(self._batch_hits(class_sup, labels_sup))
-        d_params, g_params = list(self.d.parameters()), list(self.g.parameters())
-        d_grads = torch.autograd.grad(losses["d_loss"], d_params, retain_graph=True)
-        g_grads = torch.autograd.grad(losses["g_loss"], g_params)
-        for params, grads in ((d_params, d_grads), (g_params, g_grads)):
-            for p, grad in zip(params, grads):
-                p.grad = grad
-        self.opt_d.step()
-        self.opt_g.step()
+        simultaneous_update(losses["d_loss"], losses["g_loss"], self.d, self.g, self.opt_d,
+                            self.opt_g)
         if self.d_ema is not None:
             self.d_ema.update(self.d)
         return losses
@@ -392,7 +187,7 @@ class Trainer:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
-            self.load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
+            self.load_checkpoint(self.run_dir / checkpoints.LAST)
         elif (self.run_dir / "metrics.csv").exists():
             raise ValueError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
                              "or choose another --name")
@@ -436,7 +231,7 @@ class Trainer:
         if kernels == "inductor":
             tqdm.write("ssgan: the first steps compile the CPU kernels with Inductor "
                        "(about a minute the first time; Inductor caches them in "
-                       f"{inductor_cache_dir()} for later runs)")
+                       f"{_private_api.inductor_cache_dir()} for later runs)")
 
     def _train_epoch(self) -> None:
         """One pass over the training set. The host reads the device every
@@ -490,7 +285,7 @@ class Trainer:
         """Stops on a non-finite loss or an out-of-range labeled target seen in steps
         ``first``..``last`` of the current epoch; the last good checkpoint stays."""
         where = f"epoch {self.epoch + 1}, steps {first}..{last}"
-        keep = (f"The last good checkpoint is kept in {self.run_dir / 'checkpoints'}")
+        keep = f"The last good checkpoint is kept in {self.run_dir / checkpoints.LAST.parent}"
         if not all(math.isfinite(v) for v in loss_sums):
             raise TrainingError(
                 f"non-finite loss at {where} (summed over the steps: " + ", ".join(
@@ -549,12 +344,11 @@ class Trainer:
                 samples = self.g(self.fixed_z)
             self.g.train()
             plots.image_grid(samples, self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png")
-        self.save_checkpoint(self.run_dir / "checkpoints" / "last.pt")
+        self.save_checkpoint(self.run_dir / checkpoints.LAST)
 
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
+        checkpoints.save({
             "epoch": self.epoch, "config": dataclasses.asdict(self.cfg),
             "generator": self.g.state_dict(), "discriminator": self.d.state_dict(),
             "discriminator_ema": self.d_ema.state_dict() if self.d_ema is not None else {},
@@ -562,16 +356,11 @@ class Trainer:
             "history": self.history, "num_classes": self.data.num_classes,
             "class_names": self.data.class_names, "channels": self.data.channels,
             "image_size": self.data.image_size,
-            "rng_cpu": torch.get_rng_state(), "rng_batches": self.batch_rng.get_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-        }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+            **checkpoints.rng_states(self.device, self.batch_rng)}, path)
 
     def load_checkpoint(self, path: Path) -> None:
-        state = load_checkpoint_file(path, hint="start without --resume, or give "
-                                     "the --name/--out-dir of the run to continue")
+        state = checkpoints.load(path, hint="start without --resume, or give the "
+                                 "--name/--out-dir of the run to continue")
         self.g.load_state_dict(state["generator"])
         self.d.load_state_dict(state["discriminator"])
         if self.d_ema is not None:
@@ -579,10 +368,7 @@ class Trainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.epoch, self.history = state["epoch"], state["history"]
-        torch.set_rng_state(state["rng_cpu"])
-        self.batch_rng.set_state(state["rng_batches"])
-        if state["rng_cuda"]:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        checkpoints.restore_rng_states(state, self.batch_rng)
         self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
@@ -591,51 +377,6 @@ class Trainer:
             writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
             writer.writeheader()
             writer.writerows(self.history)
-
-
-def load_checkpoint_file(path: str | Path,
-                         hint: str = "give the path of a run's checkpoints/last.pt") -> dict:
-    """A checkpoint's contents (``torch.load(weights_only=True)``), or a ValueError with
-    ``hint`` when there is none at ``path``.
-
-    Everything is loaded to the CPU: ``load_state_dict`` then moves weights and optimizer
-    moments to their parameters' devices while Adam's step counters stay on the CPU, as
-    PyTorch keeps them (on a GPU, device-side counters would cost a host sync per parameter
-    per step)."""
-    if not Path(path).exists():
-        raise ValueError(f"no checkpoint at {path}; {hint}")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def ema_weights(state: dict) -> dict:
-    """The averaged discriminator's state dict from a checkpoint, or {} without --ema-decay."""
-    return state.get("discriminator_ema", {})
-
-
-def evaluate_checkpoint(path: str | Path, *, device: str = "auto",
-                        eval_bn: str | None = None, data_dir: str | None = None) -> dict:
-    """Test accuracy of a checkpoint's discriminator on its run's dataset; ``eval_bn`` and
-    ``data_dir`` override the run's settings. Returns a JSON-ready dict."""
-    dev = resolve_device(device)
-    state = load_checkpoint_file(path)
-    cfg = TrainConfig(**state["config"])
-    cfg.eval_bn = eval_bn or cfg.eval_bn
-    cfg.data_dir = data_dir or cfg.data_dir
-    data = load_dataset(cfg.dataset, cfg.data_dir, download=False, verify_md5=cfg.verify_md5,
-                        mnist_train_prefix=cfg.mnist_train_prefix,
-                        mnist_test_prefix=cfg.mnist_test_prefix, image_size=cfg.image_size,
-                        channels=cfg.channels)
-    if data.test is None:
-        raise ValueError(f"{cfg.data_dir} has no test set to evaluate on (for --dataset folder, "
-                         "add a test/<class>/ folder)")
-    data = data.to(dev)
-    _, d = build_models(cfg, data, dev)
-    d.load_state_dict(ema_weights(state) or state["discriminator"])
-    with eval_bn_statistics(d, cfg, data.train.images):
-        acc = accuracy(d, data.test.images, data.test.labels, eval_batch_size(cfg),
-                       data.num_classes)
-    return {"checkpoint": str(path), "epoch": state["epoch"], "eval_bn": cfg.eval_bn,
-            "test_examples": len(data.test), "test_accuracy": acc}
 
 
 def train(cfg: TrainConfig, data: Dataset | None = None) -> list[dict]:

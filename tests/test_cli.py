@@ -10,7 +10,7 @@ from PIL import Image
 from bench import accuracy_report
 from ssgan import cli
 from ssgan.data import BUNDLED_MNIST
-from ssgan.train import RECIPES, TrainConfig
+from ssgan.config import RECIPES, TrainConfig, config_for
 from test_data import write_image_folder, write_svhn
 
 
@@ -77,6 +77,21 @@ def test_train_eval_sample_on_an_image_folder(tmp_path, capsys):
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3
 
 
+def test_a_bare_train_runs_train_config_defaults():
+    assert cli.config_from_args(cli.build_parser().parse_args(["train"])) == TrainConfig()
+    assert RECIPES["improved"] == {}  # the default recipe is TrainConfig() itself
+    notebook = cli.config_from_args(cli.build_parser().parse_args(["train", "--recipe",
+                                                                   "notebook", "--lr", "0.1"]))
+    assert notebook == config_for("notebook", lr=0.1) and notebook.dataset == "svhn"
+
+
+def test_every_setting_has_a_flag_with_help():
+    out = cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for f in dataclasses.fields(TrainConfig):
+        flag = f.metadata["negate"] or "--" + f.name.replace("_", "-")
+        assert flag in out and f.metadata["help"], f.name
+
+
 @pytest.mark.parametrize("recipe", ["notebook", "improved"])
 def test_train_on_synthetic_svhn_files(tmp_path, recipe):
     write_svhn(tmp_path / "svhn", n_train=40, n_test=16)
@@ -87,7 +102,7 @@ def test_train_on_synthetic_svhn_files(tmp_path, recipe):
     assert config["recipe"] == recipe and config["dataset"] == "svhn"
     # the preset applies where no flag was given; the flags win where they were
     assert config["labels"] == 10 and config["batch_size"] == 8
-    preset = {**dataclasses.asdict(TrainConfig()), **RECIPES[recipe]}
+    preset = dataclasses.asdict(config_for(recipe))
     for key in ("augment_shift", "ema_decay", "lr_schedule", "labeled_batch_size", "epochs"):
         assert config[key] == (1 if key == "epochs" else preset[key])
 

@@ -1,9 +1,12 @@
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import ssgan.kernels as K
 import ssgan.models as models
+from ssgan import devices
 from conftest import KERNEL_PATH
 from ssgan.losses import discriminator_loss, feature_matching_loss
 from ssgan.models import (Discriminator, FoldedBatchNorm, Generator, LeakyBlock, batch_statistics,
@@ -50,14 +53,31 @@ def test_generator_rejects_bad_size():
 def bn_path(request, monkeypatch):
     """Both ways a block runs its BatchNorm, whatever this machine's device: folded into the
     fused op (a GPU's way) and ATen's batch norm first (a CPU's)."""
-    monkeypatch.setattr(models, "folds_batch_norm", lambda x: request.param == "folded")
+    monkeypatch.setitem(devices.POLICIES, "cpu", dataclasses.replace(
+        devices.POLICIES["cpu"], folds_batch_norm=request.param == "folded"))
     return request.param
 
 
-def test_batch_norm_folds_on_a_gpu_only():
-    assert not models.folds_batch_norm(torch.zeros(2, 3, 4, 4))
-    if torch.cuda.is_available():
-        assert models.folds_batch_norm(torch.zeros(2, 3, 4, 4, device="cuda"))
+@pytest.mark.parametrize("kind", ["cpu", "cuda"])
+def test_a_block_takes_the_batch_norm_way_of_its_devices_policy(monkeypatch, kind):
+    """Under a policy that folds, the fused op receives the BatchNorm as scale and shift; under
+    one that does not, ATen's batch norm runs and a block without dropout never calls the op."""
+    calls = []
+    real_op = K.leaky_relu_dropout
+
+    def spy(x, **kwargs):
+        calls.append(kwargs)
+        return real_op(x, **kwargs)
+    monkeypatch.setattr(models.K, "leaky_relu_dropout", spy)
+    x = torch.randn(6, 5, 4, 4) * 2 + 1
+    with devices.decisions_of(kind) as decided:
+        LeakyBlock(5, alpha=0.2)(x)
+        LeakyBlock(5, alpha=0.2, p=0.5)(x)
+    if decided.folds_batch_norm:
+        assert len(calls) == 2 and all(c["scale"] is not None and c["shift"] is not None
+                                       for c in calls)
+    else:
+        assert len(calls) == 1 and calls[0]["scale"] is None and calls[0]["p"] == 0.5
 
 
 def test_block_equals_batchnorm_then_leaky_relu(bn_path):

@@ -6,6 +6,8 @@ import torch
 
 import ssgan.kernels as K
 import ssgan.train as T
+from ssgan import checkpoints
+from ssgan.devices import policy, resolve_device
 from conftest import DEVICE, KERNEL_PATH
 from ssgan.data import Dataset, Split
 
@@ -30,7 +32,7 @@ def tiny_config(tmp_path, **overrides) -> T.TrainConfig:
                g_size_mult=4, kernels="torch", device="cpu", progress=False, seed=3,
                eval_batch_size=64)
     cfg.update(overrides)
-    return T.TrainConfig(**cfg)
+    return T.config_for("notebook", **cfg)
 
 
 def device_for(kernels: str) -> str:
@@ -229,7 +231,7 @@ def test_resumed_optimizer_state_lives_where_pytorch_keeps_it(tmp_path):
 
 
 def test_scheduled_lr():
-    exp = T.TrainConfig(lr=1.0, lr_decay=0.5, epochs=4)
+    exp = T.TrainConfig(lr=1.0, lr_decay=0.5, lr_schedule="exponential", epochs=4)
     assert [T.scheduled_lr(exp, step, 10) for step in (0, 9, 10, 35)] == [1, 1, 0.5, 0.125]
     assert T.scheduled_lr(T.TrainConfig(lr=0.5, lr_schedule="constant"), 1000, 10) == 0.5
     lin = T.TrainConfig(lr=2.0, lr_schedule="linear", epochs=4)
@@ -251,21 +253,21 @@ def test_evaluation_uses_the_weight_average_and_the_checkpoint_keeps_it(tmp_path
     assert [r["test_accuracy_no_ema"] != "" for r in rows] == [False, True]  # the last epoch
     assert 0 <= float(rows[-1]["test_accuracy_no_ema"]) <= 1
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
-    for name, tensor in T.ema_weights(state).items():
+    for name, tensor in checkpoints.ema_weights(state).items():
         assert torch.equal(tensor, ema_state[name]), name
-    assert T.ema_weights({"discriminator_ema": {}}) == {}
+    assert checkpoints.ema_weights({"discriminator_ema": {}}) == {}
 
 
 def test_a_cuda_device_that_is_not_there_names_the_flag(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert T.resolve_device("cuda:0") == torch.device("cuda:0")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(ValueError, match=r"--device cuda:7: only 1 CUDA GPU\(s\) are visible "
                        r"\(cuda:0\.\.cuda:0\)"):
-        T.resolve_device("cuda:7")
+        resolve_device("cuda:7")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA GPU is visible; use --device cpu"):
-        T.resolve_device("cuda")
+        resolve_device("cuda")
 
 
 READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
@@ -319,7 +321,7 @@ def test_images_are_channels_first_while_feature_maps_follow_the_device(tmp_path
     # wide enough that the generator's last feature maps are unambiguously channels-last
     trainer = T.Trainer(tiny_config(tmp_path, augment_shift=augment_shift, g_size_mult=16,
                                     d_size_mult=16), tiny_dataset(channels=3))
-    fmt = T.memory_format(trainer.device)
+    fmt = policy(trainer.device).memory_format
     real = trainer._real_images(torch.arange(8))
     fake = trainer.g(trainer._sample_z(8))
     assert real.shape == fake.shape == (8, 3, 32, 32)

@@ -1,0 +1,85 @@
+"""Where a run executes, and every way the models and the trainer differ by device type.
+
+Each difference is one field of :class:`DevicePolicy`, looked up by device type in
+:data:`POLICIES`, so that a tool (``bench.gpu_static``) can ask for the ``"cuda"`` decisions on
+any machine, and no module scatters its own ``is_cuda`` checks.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    """How one device type runs a training step.
+
+    memory_format: the layout of the models' weights and feature maps. Images (D's input, G's
+        output) stay channels-first everywhere: with 1 or 3 channels a channels-last image
+        fills few lanes of a vector.
+    folds_batch_norm: a BatchNorm block hands its normalize+affine to the fused op as
+        scale/shift, instead of running ATen's batch norm before it.
+    fused_adam: the optimizers use Adam's fused implementation (else PyTorch's default).
+    subpixel_deconv: a transposed convolution with few output channels runs its forward as a
+        convolution followed by ``pixel_shuffle`` (:mod:`ssgan.subpixel`).
+    """
+    memory_format: torch.memory_format
+    folds_batch_norm: bool
+    fused_adam: bool
+    subpixel_deconv: bool
+
+
+# The CPU's entries were chosen by measurement on the CPU (docs/cpu-path.md); the GPU's keep
+# the original design until they are measured on a GPU (docs/gpu.md).
+POLICIES: dict[str, DevicePolicy] = {
+    "cpu": DevicePolicy(memory_format=torch.channels_last, folds_batch_norm=False,
+                        fused_adam=True, subpixel_deconv=True),
+    "cuda": DevicePolicy(memory_format=torch.contiguous_format, folds_batch_norm=True,
+                         fused_adam=False, subpixel_deconv=False),
+}
+
+
+_forced: list[str] = []  # innermost decisions_of() block last
+
+
+def policy(device: torch.device | str) -> DevicePolicy:
+    """The decisions for ``device`` (a device, a tensor's device, or a type name such as
+    ``"cuda"``); device types without an entry of their own take the GPU's. Inside
+    :func:`decisions_of` every device gets that block's decisions."""
+    kind = _forced[-1] if _forced else device if isinstance(device, str) else device.type
+    return POLICIES.get(kind.split(":")[0], POLICIES["cuda"])
+
+
+@contextlib.contextmanager
+def decisions_of(kind: str) -> Iterator[DevicePolicy]:
+    """Within the block, models and trainers built or run on any device take ``kind``'s
+    decisions: ``bench.gpu_static`` records a GPU's training step on a CPU this way."""
+    if kind not in POLICIES:
+        raise ValueError(f"no device policy for {kind!r}; known: {', '.join(POLICIES)}")
+    _forced.append(kind)
+    try:
+        yield POLICIES[kind]
+    finally:
+        _forced.pop()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device``: auto (CUDA when visible, else the CPU), cpu, cuda or cuda:N; a device
+    that is not there is a ValueError naming the flag."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is visible; use "
+                         "--device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"--device {name}: only {count} CUDA GPU(s) are visible "
+                         f"(cuda:0..cuda:{count - 1}); use one of those, or --device cuda")
+    return device
