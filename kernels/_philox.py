@@ -21,8 +21,8 @@ def _mul_hi_lo(const: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
     The 64-bit product can pass 2**63: it wraps to a negative int64 with the same bits (ATen's
     kernels and Inductor's generated code multiply modulo 2**64), and the masks read the two
-    halves back. One multiply, where splitting into 16-bit halves to avoid the wrap took two
-    and made the compiled CPU Philox loop about 1.8x slower.
+    halves back. One multiply, where splitting into 16-bit halves to avoid the wrap takes two
+    and slows the compiled CPU Philox loop down.
     """
     product = x * const
     return (product >> 32) & _MASK32, product & _MASK32
@@ -64,9 +64,7 @@ def dropout_uniform(seed: torch.Tensor, numel: int, device: torch.device) -> tor
 
     Each word becomes a float before the four are interleaved: the compiled CPU loop then
     keeps 4-byte floats between its Philox pass and its elementwise pass instead of 8-byte
-    words: its dropout block at 128x64x16x16 channels-last ran 1.66-1.70 against 1.87-1.93 ms
-    forward and 1.89-1.92 against 2.30-2.39 ms backward
-    (``bench/results/cpu-amd-epyc/uniform-before-stack/ab.txt``).
+    words.
     """
     counters = torch.arange((numel + 3) // 4, device=device)
     uniforms = [uint_to_uniform(word) for word in philox4x(seed, counters)]
@@ -84,9 +82,7 @@ def dropout_uniform_channels_last(seed: torch.Tensor, shape: torch.Size,
     draw runs over rows m = n*(S/4) + s//4 of that channel vector, one flat row index, which
     lets Inductor evaluate Philox once per counter in the same loop that interleaves the words
     into memory order. Built in the row-major order instead, the compiled channels-last loop
-    read the numbers through transposed tiles: dropout at 128x64x16x16 took 1.33-1.39 against
-    0.90-0.91 ms forward and 1.63-1.67 against 1.06-1.09 ms backward, channels-first 0.84-0.85
-    and 0.99-1.01 ms (``bench/results/cpu-amd-epyc/channels-last-philox/``).
+    reads the numbers through transposed tiles, far slower than the channels-first draw.
     """
     n, c = shape[0], shape[1]
     quads = math.prod(shape[2:]) // 4

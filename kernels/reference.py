@@ -55,8 +55,8 @@ def is_channels_last(x: torch.Tensor) -> bool:
 def has_channels_last_strides(x: torch.Tensor) -> bool:
     """Whether x (N, C, ...) is laid out with channels fastest, then the other dims in order,
     size-1 dims ignored: ``x.movedim(1, -1).is_contiguous()``. A 4-D tensor reads the flag
-    PyTorch keeps for it, a 0.06 us attribute against 1.1 us for building the view (the CPU
-    path asks once or twice per op call)."""
+    PyTorch keeps for it, far cheaper than building the view (the CPU path asks once or twice
+    per op call)."""
     if x.dim() == 4 and x.numel():
         return x.is_contiguous(memory_format=torch.channels_last)
     return x.movedim(1, -1).is_contiguous()
@@ -103,8 +103,7 @@ def leaky_relu_dropout_forward(x: torch.Tensor, scale: torch.Tensor | None,
     when p == 0), p the drop probability already set to 0 outside training. Writes y into
     ``out`` (x's shape; its dtype and memory layout are the caller's choice; x's when None)
     and returns it. The compiled CPU path passes None: an output allocated inside the compiled
-    graph is written by the fused loop itself, where one passed in took an extra copy pass
-    (measured at 128x64x16x16 channels-last: 1.7-1.8 ms against 1.9-2.4 ms)."""
+    graph is written by the fused loop itself, where one passed in costs an extra copy pass."""
     z = _affine(x, scale, shift)
     out = torch.empty_like(x) if out is None else out
     return out.copy_(_dropout(torch.where(z > 0, z, z * negative_slope), seed, p))
@@ -112,10 +111,9 @@ def leaky_relu_dropout_forward(x: torch.Tensor, scale: torch.Tensor | None,
 
 def _channel_sum(t: torch.Tensor) -> torch.Tensor:
     """Sums of t (N, C, ...) over every dim but 1, in two stages: over each (sample, channel)'s
-    positions, then over the samples. Compiled, one reduction over (N, ...) per channel took a
-    pass of its own over memory: the backward at (128, 64, 64) with scale and shift took 72
-    against 141 us channels-first, 70 against 105 us channels-last (measured); summing over
-    the samples first was slower at every shape the models use (with dx fused, see below)."""
+    positions, then over the samples. Compiled, one reduction over (N, ...) per channel takes a
+    pass of its own over memory, and summing over the samples first was slower at every shape
+    the models use (docs/cpu-path.md)."""
     if t.dim() > 2:
         t = t.flatten(2).sum(2)
     return t.sum(0)
@@ -123,28 +121,24 @@ def _channel_sum(t: torch.Tensor) -> torch.Tensor:
 
 def leaky_relu_dropout_backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None,
                                 shift: torch.Tensor | None, seed: torch.Tensor | None,
-                                negative_slope: float, p: float, affine_grads: bool,
-                                dx_out: torch.Tensor | None = None
+                                negative_slope: float, p: float, affine_grads: bool
                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of :func:`leaky_relu_dropout_forward` from ``dy``, regenerating the mask from
-    the seed. Writes dx into ``dx_out`` (as ``out`` of the forward); returns it, and dscale,
-    dshift (C,) in scale's / shift's dtype (empty where the op has no scale / shift or
+    the seed. Returns dx (x's shape and memory layout), and dscale, dshift (C,) in scale's / shift's dtype (empty where the op has no scale / shift or
     ``affine_grads`` is False)."""
     z = _affine(x, scale, shift)
     dy = dy.to(z.dtype)
     dz = _dropout(torch.where(z > 0, dy, dy * negative_slope), seed, p)
     # dx before the sums: Inductor fuses a loop into an earlier one's, not a later one's, so
     # this order lets the per-(sample, channel) sums of a channels-first x share dx's pass
-    # over memory (and its one Philox draw). Measured, backward with scale and shift:
-    # 128x128x16 42 against 56 us, 128x64x64 44 against 71, 128x32x256 80 against 123;
-    # channels-last unchanged (38-40 us at 128x128x16)
+    # over memory (and its one Philox draw)
     dx = dz * _channel_view(scale, x, dz.dtype) if scale is not None else dz
-    dx_out = (torch.empty_like(x) if dx_out is None else dx_out).copy_(dx)
+    dx = torch.empty_like(x).copy_(dx)
     dscale = _channel_sum(dz * x.to(dz.dtype)).to(scale.dtype) \
         if affine_grads and scale is not None else x.new_empty(0)
     dshift = _channel_sum(dz).to(shift.dtype) if affine_grads and shift is not None \
         else x.new_empty(0)
-    return dx_out, dscale, dshift
+    return dx, dscale, dshift
 
 
 def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float = 0.0,

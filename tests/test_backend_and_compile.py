@@ -11,6 +11,7 @@ from ssgan.kernels import _backend
 from conftest import KERNEL_PATH
 
 
+@pytest.mark.subprocess
 def test_interpreter_is_reported_in_a_fresh_process():
     env = dict(os.environ, TRITON_INTERPRET="1")
     env.pop("SSGAN_KERNELS", None)
@@ -54,6 +55,7 @@ def test_cpu_default_is_inductor_without_the_interpreter(monkeypatch):
     assert K.backend_for(torch.zeros(1)) == "inductor"
 
 
+@pytest.mark.subprocess
 def test_without_a_compiler_the_cpu_path_warns_once_and_runs_the_twins(tmp_path):
     """A fresh process whose C++ compiler is missing: the first op warns, every op still gives
     the twin's exact result, and backend_for then names the torch path."""

@@ -13,6 +13,7 @@ def read(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.compile
 def test_kernel_bench_smoke(tmp_path):
     assert kernels.main(["--smoke", "--out", str(tmp_path)]) == 0
     rows = read(tmp_path / "kernels.csv")
@@ -57,6 +58,7 @@ def test_cpu_timing_interleaves_the_providers_in_blocks():
     assert min(times["slow"]) >= 4.0
 
 
+@pytest.mark.compile
 def test_train_step_bench_smoke(tmp_path):
     assert train_step.main(["--smoke", "--out", str(tmp_path), "--variants", "ssgan", "stock",
                             "reference", "ssgan+cudagraph"]) == 0
@@ -72,6 +74,7 @@ def test_train_step_bench_smoke(tmp_path):
     assert "| vs stock |" in (tmp_path / "train_step.md").read_text()
 
 
+@pytest.mark.compile
 def test_compiled_stock_step_runs_at_a_second_batch_size(tmp_path):
     """The second batch size recompiles, and AOTAutograd's donated buffers then refuse the
     simultaneous update's retain_graph (seen on an H100 at batch 512, and here)."""
@@ -99,6 +102,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(module, tmp_path):
         module.main(["--device", "cuda", "--out", str(tmp_path)])
 
 
+@pytest.mark.compile
 def test_host_profile_writes_a_table_per_variant(tmp_path):
     # stock+channels_last for a name with a '+' in it: stock+compile would spend half a minute
     # compiling the full-size model

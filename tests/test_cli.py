@@ -27,6 +27,7 @@ def test_help(command, capsys):
             assert flag in out
 
 
+@pytest.mark.subprocess
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "ssgan", "--help"], capture_output=True,
                          text=True, check=True)

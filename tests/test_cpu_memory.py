@@ -33,6 +33,7 @@ def _faults(mode: str) -> int:
     return int(out.stdout.split()[-1])
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not keep_freed_memory(), reason="needs Linux with glibc")
 def test_kept_memory_is_reused_without_page_faults():
     # the 6 measured calls touch 6 x 32 MiB = 49,152 pages; glibc's defaults fault 6,000 to

@@ -1,11 +1,18 @@
 """Every Triton kernel specialization compiles for A100 (sm_80) and H100 (sm_90) without
 spills, and the dropout kernels meet their instruction budget: checked on this CPU with the
 compiler and cuobjdump that ship in the triton wheel (bench.gpu_compile)."""
+import os
+
 import pytest
 
 from bench import gpu_static
 from bench.gpu_compile import compile_launches
-from conftest import SESSION_LAUNCHES
+from conftest import LAUNCH_LOG, recorded_launches
+
+pytestmark = [pytest.mark.gpu_compile, pytest.mark.skipif(
+    bool(os.environ.get("PYTEST_XDIST_WORKER")) and not LAUNCH_LOG,
+    reason="under xdist a worker sees only its own tests' launches: run the gpu_compile tier "
+    "in a session of its own after the others, with SSGAN_LAUNCH_LOG (tests/full.sh does)")]
 
 # a forward moves 2 elements' bytes, a backward 3: within these per-element instruction counts
 # an H100 stays memory-bound in fp32 (bench.gpu_static models it)
@@ -16,13 +23,14 @@ MAX_DROPOUT_REGISTERS = 128
 @pytest.fixture(scope="module")
 def compiled() -> list[dict]:
     """The model's launches (the notebook and improved steps at batch 128), bench.kernels'
-    launches in fp32/bf16/fp16, and every launch the tests before this one made, compiled.
+    launches in fp32/bf16/fp16, and every launch the tests before this one made (in this
+    session, or logged by earlier ones), compiled.
     Launches that differ only in a float constant (slope, p) share one compile: the same
     instructions with other immediates; that keeps this test within a couple of minutes."""
     launches = (gpu_static.model_step_launches("notebook")
                 + gpu_static.model_step_launches("improved")
                 + gpu_static.bench_kernel_launches()
-                + [{**launch, "source": "tests"} for launch in SESSION_LAUNCHES])
+                + [{**launch, "source": "tests"} for launch in recorded_launches()])
     return [gpu_static.annotate(r) for r in compile_launches(launches, jobs=2, structural=True)]
 
 

@@ -14,6 +14,8 @@ import ssgan.kernels._inductor as compiled_path
 from ssgan.kernels import reference as ref
 from helpers import randn
 
+pytestmark = pytest.mark.compile
+
 
 @pytest.fixture
 def fresh_tables(monkeypatch):

@@ -323,6 +323,7 @@ print(triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ttir"])
 """
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("kernel", ["_forward_kernel", "_backward_kernel"])
 def test_fp64_kernels_take_no_fp32_scalars_on_the_gpu(kernel):
     """The interpreter passes Python floats, a GPU launch passes float arguments as fp32: the

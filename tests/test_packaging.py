@@ -4,12 +4,15 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ["ssgan/bundled/mnist/" + name for name in (
     "train-5k-images-idx3-ubyte.gz", "train-5k-labels-idx1-ubyte.gz",
     "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "README.md")]
 
 
+@pytest.mark.subprocess
 def test_wheel_contains_the_bundled_data_and_loads_it_when_installed(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                     "--quiet", "-w", str(tmp_path / "dist"), str(ROOT)], check=True,

@@ -16,6 +16,8 @@ import ssgan.kernels._inductor as compiled_path
 from ssgan.kernels import reference as ref
 from helpers import randn
 
+pytestmark = pytest.mark.isa
+
 # simdlen 1 matches no ISA, so Inductor emits scalar loops. The width Inductor picks by itself
 # is left out: every other test of the inductor backend runs under it.
 WIDTHS = sorted(({1} | {isa.bit_width() for isa in valid_vec_isa_list()})
