@@ -381,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"COMPILE ERROR {r['kernel']} {r['arch']}: {r['error']}", file=sys.stderr)
     step_rows = step_traffic()
     write_report(results, step_rows, Path(args.out))
+    from bench.common import write_readme
+    write_readme(Path(args.out))
     print((Path(args.out) / "gpu_static.md").read_text())
     return 1 if errors else 0
 

@@ -365,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "kernels.md").write_text(common.markdown_table(summary, TABLE))
     for path in plot(rows, out_dir):
         print(f"wrote {path}")
+    common.write_readme(out_dir)
     return 0
 
 

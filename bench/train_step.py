@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     common.write_csv(rows, out_dir / "train_step.csv")
     (out_dir / "train_step.md").write_text(common.markdown_table(rows, TABLE))
     plot(rows, out_dir / "train_step.png")
+    common.write_readme(out_dir)
     return 0
 
 

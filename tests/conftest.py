@@ -5,7 +5,16 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# xdist workers share the cores: each takes one thread, or their OpenMP pools oversubscribe
+# the machine and every parallel loop waits on the other worker's
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS on purpose)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -75,6 +84,7 @@ TIER_MARKERS = {
     "gpu_compile": "compiles every recorded Triton launch for sm_80/sm_90 (minutes)",
     "isa": "runs the CPU path under other vector widths than the machine's own",
     "training": "trains for several epochs",
+    "multithreaded": "needs every core's thread (tests/full.sh runs it outside xdist)",
 }
 
 

@@ -132,3 +132,20 @@ def test_seeds_report_gives_mean_and_spread(tmp_path):
     assert float(rows["b"]["std"]) == pytest.approx(0.01414, abs=1e-4)
     assert (tmp_path / "out" / "seeds.png").exists()
     assert (tmp_path / "out" / "a-s1" / "epoch_002.png").exists()
+
+
+def test_the_device_readme_is_regenerated_from_the_tables_and_keeps_its_notes(tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    device = tmp_path / "bench" / "results" / "cpu-test"
+    run = device / "train-step" / "run1"
+    run.mkdir(parents=True)
+    common.write_csv([{"variant": "ssgan", "device": "Test CPU", "threads": 2, "torch": "9.9",
+                       "command": "train_step.py --device cpu"}], run / "train_step.csv")
+    (run / "train_step.md").write_text("| variant |\n| --- |\n| ssgan |\n")
+    (device / "README.md").write_text("# My notes\n\nkept\n")
+    for _ in range(2):  # regenerating replaces the tables, never the notes
+        readme = common.write_readme(run).read_text()
+    assert readme.startswith("# My notes\n\nkept\n") and readme.count(common.README_MARKER) == 1
+    assert "### `train-step/run1/train_step.md`" in readme and "| ssgan |" in readme
+    assert "device Test CPU, threads 2, torch 9.9; command: `train_step.py --device cpu`" in readme

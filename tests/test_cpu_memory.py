@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import textwrap
@@ -19,24 +20,35 @@ CHURN = textwrap.dedent("""
     live = [layer() for _ in range(6)]
     for _ in range(20):  # past the warm-up: the same pattern, again and again
         live = live[1:] + [layer()]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(6):
-        live = live[1:] + [layer()]
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    for _ in range(5):  # five windows of 6 calls: the heap's layout drifts between windows
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(6):
+            live = live[1:] + [layer()]
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """)
 
 
 
-def _faults(mode: str) -> int:
+# glibc's initial thresholds (128 KiB), held fixed: left alone, glibc raises its mmap threshold
+# to the size of each mmapped chunk freed, so whether a run faults depends on its history
+GLIBC_INITIAL = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def _faults(mode: str) -> list[int]:
+    """Minor page faults of each window of 6 calls, in a fresh process; ``default`` holds
+    glibc's initial thresholds, ``kept`` starts from them too and applies keep_freed_memory."""
+    env = {**os.environ, **GLIBC_INITIAL}
     out = subprocess.run([sys.executable, "-c", CHURN, mode], capture_output=True, text=True,
-                         check=True)
-    return int(out.stdout.split()[-1])
+                         check=True, env=env)
+    return [int(n) for n in out.stdout.split()]
 
 
 @pytest.mark.subprocess
 @pytest.mark.skipif(not keep_freed_memory(), reason="needs Linux with glibc")
 def test_kept_memory_is_reused_without_page_faults():
-    # the 6 measured calls touch 6 x 32 MiB = 49,152 pages; glibc's defaults fault 6,000 to
-    # 16,000 of them again (measured), the kept settings none
-    assert _faults("default") > 2_000
-    assert _faults("kept") < 100
+    # a window touches 6 x 32 MiB = 49,152 pages. glibc's initial thresholds fault thousands of
+    # them again in every window; the kept settings none in most, a few thousand in an odd
+    # window when the heap's layout shifts (seen on an Intel Xeon machine)
+    default, kept = _faults("default"), _faults("kept")
+    assert sum(default) > 8_192, default
+    assert sorted(kept)[2] == 0 and sum(kept) < sum(default) / 2, (kept, default)

@@ -86,6 +86,7 @@ def test_a_dispatch_mode_around_the_first_call_neither_breaks_nor_enters_compila
     assert len(recorder.ops) < len(twin_recorder.ops) / 10, recorder.ops
 
 
+@pytest.mark.multithreaded
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="one thread: no parallel loops")
 def test_a_graph_compiled_on_a_few_rows_keeps_its_parallel_loops(fresh_tables):
     """Inductor sizes its OpenMP regions by the sizes it compiles for; a graph compiled on 3
