@@ -86,11 +86,11 @@ def load_classifier(path: str | Path, device: str = "auto") -> LoadedClassifier:
     dev = resolve_device(device)
     file = checkpoints.resolve(path)
     state = checkpoints.load(file)
-    cfg = TrainConfig(**state["config"])
+    cfg = checkpoints.train_config(state, file)
     if "eval_buffers" not in state:
-        raise ValueError(f"{file} holds no evaluation statistics (it was written before "
-                         "checkpoints kept them); continue the run for an epoch with --resume "
-                         "to write them")
+        raise ValueError(f"{file} holds no evaluation statistics (no evaluation has run yet, "
+                         "or an older ssgan wrote it); continue the run with --resume until "
+                         "it evaluates")
     num_classes, size, channels = state["num_classes"], state["image_size"], state["channels"]
     d = Discriminator(channels, num_classes, cfg.d_size_mult, cfg.drop_rate, cfg.alpha,
                       cfg.extra_class)
@@ -113,7 +113,9 @@ def export_classifier(path: str | Path, out: str | Path) -> Path:
     no dropout, no ssgan ops), so that ``torch.export.load(out).module()`` runs where ssgan is
     not installed. The class names and the input spec are stored as extra files."""
     loaded = load_classifier(path, device="cpu")
-    model, size, channels = loaded.model, loaded.image_size, loaded.channels
+    # plain layout: the program's weights are then whole, contiguous tensors
+    model = loaded.model.to(memory_format=torch.contiguous_format)
+    size, channels = loaded.image_size, loaded.channels
     if any(m.use_batch_stats for m in model.modules() if hasattr(m, "use_batch_stats")):
         raise ValueError(f"{loaded.checkpoint} evaluates with batch statistics (--eval-bn "
                          "batch), so its predictions depend on the batch; export needs "

@@ -1,9 +1,11 @@
-"""``ssgan`` command line: ``train``, ``eval CHECKPOINT`` and ``sample CHECKPOINT``."""
+"""``ssgan`` command line: ``train``, and ``eval``, ``sample``, ``predict`` and ``export`` on a
+checkpoint or a run folder."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 
 import torch
@@ -14,7 +16,9 @@ from ssgan import checkpoints
 from ssgan.config import RECIPES, TrainConfig, config_for
 from ssgan.data import DataError
 from ssgan.devices import resolve_device
+from ssgan.classifier import export_classifier
 from ssgan.evaluation import evaluate_checkpoint
+from ssgan.predict import predict
 from ssgan.models import EVAL_BN_MODES, Generator
 from ssgan.train import Trainer, TrainingError
 
@@ -78,7 +82,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     device = resolve_device(args.device)
     state = checkpoints.load(args.checkpoint)
-    cfg = TrainConfig(**state["config"])
+    cfg = checkpoints.train_config(state, args.checkpoint)
     g = Generator(cfg.z_dim, state["channels"], state["image_size"], cfg.g_size_mult,
                   cfg.alpha).to(device)
     g.load_state_dict(state["generator"])
@@ -89,6 +93,26 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         images = g(z)
     print(plots.image_grid(images, args.out))
     return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    summary = predict(args.checkpoint, args.paths, args.out, batch_size=args.batch_size,
+                      device=args.device, skip_unreadable=args.skip_unreadable,
+                      progress=not args.no_progress)
+    for path in summary["skipped"]:
+        print(f"ssgan predict: skipped unreadable image {path}", file=sys.stderr)
+    counts = ", ".join(f"{name}: {n}" for name, n in summary["counts"].items())
+    skipped = f", {len(summary['skipped'])} unreadable skipped" if summary["skipped"] else ""
+    print(f"ssgan predict: {summary['images']} images{skipped} -> {summary['out']} | {counts}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    print(f"ssgan export: wrote {export_classifier(args.checkpoint, args.out)}")
+    return 0
+
+
+CHECKPOINT_HELP = "a run folder (its checkpoints/last.pt) or a checkpoint file"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,34 +127,80 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
     train.set_defaults(func=_cmd_train)
     ev = sub.add_parser("eval", help="test accuracy of a checkpoint")
-    ev.add_argument("checkpoint", help="a run's checkpoints/last.pt")
+    ev.add_argument("checkpoint", help=CHECKPOINT_HELP)
     ev.add_argument("--data-dir", help="dataset folder, if it moved since training")
     ev.add_argument("--eval-bn", choices=EVAL_BN_MODES, help="override the run's choice")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ev.add_argument("--kernels", default="auto", choices=K.BACKENDS)
     ev.set_defaults(func=_cmd_eval)
     sa = sub.add_parser("sample", help="write a grid of generated images")
-    sa.add_argument("checkpoint", help="a run's checkpoints/last.pt")
+    sa.add_argument("checkpoint", help=CHECKPOINT_HELP)
     sa.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
     sa.add_argument("--out", default="samples.png", help="PNG path (default: samples.png)")
     sa.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     sa.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sa.add_argument("--kernels", default="auto", choices=K.BACKENDS)
     sa.set_defaults(func=_cmd_sample)
+    pr = sub.add_parser("predict", help="classify image files into a CSV",
+                        description="Classify images with a run's classifier (the weights and "
+                        "BatchNorm statistics its last evaluation used).")
+    pr.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    pr.add_argument("paths", nargs="+", help="image files, or folders searched recursively")
+    pr.add_argument("--out", default="predictions.csv",
+                    help="CSV path (default: predictions.csv)")
+    pr.add_argument("--batch-size", type=int, default=256, help="images per batch "
+                    "(default: 256)")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    pr.add_argument("--skip-unreadable", action="store_true",
+                    help="skip images that cannot be read (listed on stderr) instead of "
+                    "stopping")
+    pr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    pr.set_defaults(func=_cmd_predict)
+    ex = sub.add_parser("export", help="write the classifier as a standalone torch.export "
+                        "program", description="Write the classifier as a torch.export "
+                        "program (.pt2) of ATen ops only: load it with "
+                        "torch.export.load(path).module() without ssgan.")
+    ex.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    ex.add_argument("--out", default="classifier.pt2", help="path (default: classifier.pt2)")
+    ex.set_defaults(func=_cmd_export)
     return parser
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (a scheduler, a preempted machine), raised where the process is, as SIGINT
+    raises KeyboardInterrupt: checkpoints are written atomically, so the last good one stays."""
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped()
+
+
+def _handle_sigterm(handler):
+    """Installs ``handler`` for SIGTERM and returns the previous one; only the main thread
+    may, so elsewhere (a caller's worker thread) SIGTERM keeps its handler."""
+    if handler is None:
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = _handle_sigterm(_raise_stopped)
     try:
         return args.func(args)
     except (DataError, TrainingError, ValueError) as err:
         print(f"ssgan {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; the last finished epoch's checkpoint is kept (continue with "
-              "--resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        why = "stopped by SIGTERM" if isinstance(stop, Stopped) else "interrupted"
+        print(f"ssgan {args.command}: {why}; the last finished epoch's checkpoint is kept "
+              "(continue with --resume)", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(stop, Stopped) else signal.SIGINT)
+    finally:
+        _handle_sigterm(previous)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto",
     ``data_dir`` override the run's settings. Returns a JSON-ready dict."""
     dev = resolve_device(device)
     state = checkpoints.load(path)
-    cfg = TrainConfig(**state["config"])
+    cfg = checkpoints.train_config(state, path)
     cfg.eval_bn = eval_bn or cfg.eval_bn
     cfg.data_dir = data_dir or cfg.data_dir
     data = load_data(cfg, download=False)
@@ -82,5 +82,5 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto",
     with eval_bn_statistics(d, cfg, data.train.images):
         acc = accuracy(d, data.test.images, data.test.labels, eval_batch_size(cfg),
                        data.num_classes)
-    return {"checkpoint": str(path), "epoch": state["epoch"], "eval_bn": cfg.eval_bn,
+    return {"checkpoint": str(checkpoints.resolve(path)), "epoch": state["epoch"], "eval_bn": cfg.eval_bn,
             "test_examples": len(data.test), "test_accuracy": acc}

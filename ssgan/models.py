@@ -205,9 +205,9 @@ class Discriminator(nn.Module):
             b.p = p
         self.train(saved[2])
 
-    def forward(self, x: torch.Tensor, update_stats: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``update_stats=False`` keeps generated batches out of the BN running statistics."""
+    def features(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """The pooled features (B, 2*size_mult) that the heads read and feature matching
+        compares; x as in :meth:`forward`."""
         h = self.input_dropout(x)
         h = self.act1(self.conv1(h))
         h = self.act2(self.conv2(h))
@@ -215,7 +215,12 @@ class Discriminator(nn.Module):
                            (self.conv5, self.act5)):
             h = act(layer(h), update_stats)
         h = self.act7(self.conv7(h))
-        features = h.mean(dim=(2, 3))
+        return h.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor, update_stats: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``update_stats=False`` keeps generated batches out of the BN running statistics."""
+        features = self.features(x, update_stats)
         class_logits = self.classifier(features)
         return class_logits, K.gan_logits(class_logits, extra_class=self.extra_class), features
 

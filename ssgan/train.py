@@ -101,6 +101,8 @@ class Trainer:
             cfg.seed + 1)) * 2 - 1).to(self.device)
         self.epoch = 0
         self._warmup_pending = False  # set by _announce when the first step compiles kernels
+        # the eval model's buffers as the last evaluation used them (predict, export)
+        self.eval_buffers: dict[str, torch.Tensor] | None = None
         self.history: list[dict] = []
         self.run_dir = cfg.run_dir()
 
@@ -312,6 +314,7 @@ class Trainer:
                                                  data.train.labels[self.labeled_idx],
                                                  eval_batch_size(cfg), data.num_classes)
                 row["test_accuracy"] = self._test_accuracy(d)
+                self.eval_buffers = {name: buf.clone() for name, buf in d.named_buffers()}
             if last and self.d_ema is not None:
                 with eval_bn_statistics(self.d, cfg, data.train.images):
                     row["test_accuracy_no_ema"] = self._test_accuracy(self.d)
@@ -356,6 +359,7 @@ class Trainer:
             "history": self.history, "num_classes": self.data.num_classes,
             "class_names": self.data.class_names, "channels": self.data.channels,
             "image_size": self.data.image_size,
+            **({"eval_buffers": self.eval_buffers} if self.eval_buffers is not None else {}),
             **checkpoints.rng_states(self.device, self.batch_rng)}, path)
 
     def load_checkpoint(self, path: Path) -> None:
@@ -368,6 +372,7 @@ class Trainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.epoch, self.history = state["epoch"], state["history"]
+        self.eval_buffers = state.get("eval_buffers")
         checkpoints.restore_rng_states(state, self.batch_rng)
         self._truncate_metrics()
 
