@@ -21,6 +21,7 @@ the ``torch`` path that really runs.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -74,6 +75,21 @@ class _Compiled:
 _variants: dict[tuple, list[_Compiled]] = {}
 # the same key plus each tensor's sizes and strides -> the variant that serves them
 _by_layout: dict[tuple, _Compiled] = {}
+# fn -> how many variants of it this process has built
+_built: Counter = Counter()
+
+
+def compilations(fn: Callable | None = None) -> int:
+    """How many compiled variants this process has built, of ``fn`` or of every function: a
+    call whose sizes and strides a variant's guards admit builds none."""
+    return _built[fn] if fn is not None else sum(_built.values())
+
+
+def forget_compiled() -> None:
+    """Drops every variant this process built, so that the next calls build them again (from
+    Inductor's disk cache where it holds them)."""
+    _variants.clear()
+    _by_layout.clear()
 
 
 def available() -> bool:
@@ -128,4 +144,5 @@ def _variant_for(fn: Callable, args: tuple, tensors: list[torch.Tensor]) -> _Com
             "silence this.", RuntimeWarning, stacklevel=4)
         return None
     variants.append(variant)
+    _built[fn] += 1
     return variant

@@ -18,32 +18,30 @@ pytestmark = pytest.mark.compile
 
 
 @pytest.fixture
-def fresh_tables(monkeypatch):
-    """Empty tables of compiled variants, so that a test sees its own compilations."""
-    monkeypatch.setattr(compiled_path, "_variants", {})
-    monkeypatch.setattr(compiled_path, "_by_layout", {})
+def fresh_tables():
+    """No compiled variants, so that a test sees its own compilations."""
+    compiled_path.forget_compiled()
     with K.use_backend("inductor"):
         yield
+    compiled_path.forget_compiled()
 
 
-def _variants_of(fn) -> list:
-    return [v for key, variants in compiled_path._variants.items() if key[0] is fn
-            for v in variants]
+def _built_since(fn, before: int) -> int:
+    return compiled_path.compilations(fn) - before
 
 
 def test_one_variant_serves_every_size_and_a_new_layout_gets_its_own(fresh_tables):
-    shapes = [(8, 6), (50, 9), (3, 2), (8, 6)]
-    for shape in shapes:
+    fn, before = ref.gan_logits_forward, compiled_path.compilations(ref.gan_logits_forward)
+    for shape in [(8, 6), (50, 9), (3, 2), (8, 6)]:
         z = randn(*shape, scale=4.0)
         torch.testing.assert_close(K.gan_logits(z), ref.gan_logits(z))
-    assert len(_variants_of(ref.gan_logits_forward)) == 1
-    assert len(compiled_path._by_layout) == 3  # the repeated size is a plain lookup
+    assert _built_since(fn, before) == 1  # a new size compiles nothing, a repeated one neither
 
     for z in (randn(9, 7).t(), randn(1, 5), randn(12, 20)[:, 3:14]):
         torch.testing.assert_close(K.gan_logits(z), ref.gan_logits(z))
     # transposed strides, a size-1 dim and a row stride unequal to the width each fail the
     # first variant's guards
-    assert len(_variants_of(ref.gan_logits_forward)) == 4
+    assert _built_since(fn, before) == 4
 
 
 def test_the_channels_last_draw_compiles_only_where_positions_come_in_fours(fresh_tables):
@@ -51,13 +49,14 @@ def test_the_channels_last_draw_compiles_only_where_positions_come_in_fours(fres
     order: the variant compiled for one never serves the other, in either order of arrival,
     and every mask equals the twin's on channels-first memory. (16+ channels: fewer run
     channels-first on this path.)"""
+    before = compiled_path.compilations(ref.leaky_relu_dropout_forward)
     for spatial in [(4, 4), (7, 3), (2, 10), (5, 5), (4, 6), (3, 3)]:
         x = (randn(3, 17, *spatial).abs() + 0.1).contiguous(memory_format=torch.channels_last)
         y = K.leaky_relu_dropout(x, p=0.4, seed=99)
         twin = ref.leaky_relu_dropout(x.contiguous(), p=0.4, seed=99)
         assert torch.equal(y != 0, twin != 0), spatial
         torch.testing.assert_close(y, twin)
-    assert len(_variants_of(ref.leaky_relu_dropout_forward)) == 2
+    assert _built_since(ref.leaky_relu_dropout_forward, before) == 2
 
 
 def test_a_dispatch_mode_around_the_first_call_neither_breaks_nor_enters_compilation(
@@ -71,6 +70,7 @@ def test_a_dispatch_mode_around_the_first_call_neither_breaks_nor_enters_compila
             self.ops.append(func)
             return func(*args, **(kwargs or {}))
 
+    before = compiled_path.compilations(ref.leaky_relu_dropout_forward)
     x = randn(4, 6, 3, 5).requires_grad_()
     with Recorder() as recorder:
         y = K.leaky_relu_dropout(x, p=0.5, seed=11)
@@ -80,7 +80,7 @@ def test_a_dispatch_mode_around_the_first_call_neither_breaks_nor_enters_compila
     assert torch.equal(y.detach(), twin)
     torch.testing.assert_close(dx, torch.where(twin != 0, 2.0, 0.0) *
                                torch.where(x.detach() > 0, 1.0, 0.2))
-    assert _variants_of(ref.leaky_relu_dropout_forward)
+    assert _built_since(ref.leaky_relu_dropout_forward, before) == 1
     # the mode saw the views around the compiled calls, not the ~200 ops of the twin's math
     # that tracing runs
     assert len(recorder.ops) < len(twin_recorder.ops) / 10, recorder.ops
@@ -93,7 +93,8 @@ def test_a_graph_compiled_on_a_few_rows_keeps_its_parallel_loops(fresh_tables):
     rows and cached on disk would otherwise run a million rows on one thread."""
     z = randn(3, 11)
     K.gan_logits(z, extra_class=True)
-    (variant,) = _variants_of(ref.gan_logits_forward)
+    (variant,) = [v for key, variants in compiled_path._variants.items()
+                  if key[0] is ref.gan_logits_forward for v in variants]
     with open(variant._run.__func__.__code__.co_filename) as generated:
         assert "#pragma omp parallel" in generated.read()
 
