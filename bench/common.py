@@ -163,8 +163,8 @@ def peak_tflops(device: torch.device, smoke: bool) -> dict:
     square matmul (TF32 where PyTorch's defaults allow it) and a large 3x3 convolution in the
     layout that runs it fastest. Their maximum is the practical ceiling a step is compared with.
 
-    The matmul alone is no ceiling on every CPU: here (AMD EPYC, 2 threads) MKL's sgemm ran at
-    0.21 TFLOP/s while oneDNN's convolutions reached 0.47-0.63, so a step could sit "above" it.
+    The matmul alone is no ceiling on every CPU: on this project's 2-core CPUs oneDNN's
+    convolutions run well above MKL's sgemm, so a step could sit "above" it.
     """
     if smoke:
         return {"matmul_tflops": float("nan"), "conv_tflops": float("nan"),

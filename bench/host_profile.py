@@ -1,9 +1,10 @@
 """Where a training step's host time goes: torch.profiler over a few steps of one
 ``bench.train_step`` variant, the top ops by self CPU time (and by device time on a GPU).
 
-On the lent H100 the eager ssgan step took 23.5 ms against stock's 11.5 ms, and a single
-fused op's forward+backward about 0.5 ms whatever its size: host time, not kernel time. This is
-the first thing to run the next time a GPU is lent (``bash bench/gpu_session.sh profile``).
+On the lent H100 the eager ssgan step was slower than stock's, and a fused op's
+forward+backward took about the same time whatever its size: host time, not kernel time
+(docs/gpu.md). This is the first thing to run the next time a GPU is lent
+(``bash bench/gpu_session.sh profile``).
 
     python -m bench.host_profile --device cuda --variants ssgan stock --out DIR
 """

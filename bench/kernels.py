@@ -155,7 +155,7 @@ def mce_case(label, batch, cols, dtype, device, compile_backend, with_reference=
 # (label, shape, affine, p, slope): every fused block of D and G at batch 128 in training, with
 # its BatchNorm folded in (affine) as a GPU's model calls it. D.act2 and D.act7, bare leaky-ReLUs
 # with nothing to fuse, run ATen's kernel (models.LeakyBlock); so, on a CPU, where the model runs
-# ATen's batch norm first (models.folds_batch_norm), do the BatchNorm blocks without dropout.
+# ATen's batch norm first (DevicePolicy.folds_batch_norm), do the BatchNorm blocks without dropout.
 MODEL_BLOCKS = [
     ("D.input_dropout", (128, 3, 32, 32), False, 0.2, 1.0),
     ("D.act1", (128, 64, 16, 16), False, 0.5, 0.2), ("D.act3", (128, 64, 4, 4), True, 0.5, 0.2),
@@ -248,9 +248,8 @@ CPU_BLOCK_S = 0.02
 def median_ms(runs: dict[str, _Run], device: torch.device, smoke: bool) -> dict[str, float]:
     """Median milliseconds of each provider's run: ``do_bench`` one provider after another on
     a GPU; on a CPU, interleaved rounds over one second per provider (2 calls each for
-    --smoke), since stock's ATen loops here drift between two speed levels for minutes at a
-    time (``bench/results/cpu-amd-epyc/folded-bn-variance/``) and a ratio of two times taken
-    seconds apart could straddle them."""
+    --smoke), since stock's ATen loops on a 2-core CPU drift between two speed levels for
+    minutes at a time, and a ratio of two times taken seconds apart could straddle them."""
     if device.type == "cuda" and not smoke:
         return {name: common.bench_ms(r.call, device, smoke, grad_to_none=r.leaves)
                 for name, r in runs.items()}

@@ -124,7 +124,8 @@ def leaky_relu_dropout_backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.
                                 negative_slope: float, p: float, affine_grads: bool
                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of :func:`leaky_relu_dropout_forward` from ``dy``, regenerating the mask from
-    the seed. Returns dx (x's shape and memory layout), and dscale, dshift (C,) in scale's / shift's dtype (empty where the op has no scale / shift or
+    the seed. Returns dx (x's shape and memory layout), and dscale, dshift (C,) in scale's /
+    shift's dtype (empty where the op has no scale / shift or
     ``affine_grads`` is False)."""
     z = _affine(x, scale, shift)
     dy = dy.to(z.dtype)

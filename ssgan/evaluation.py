@@ -82,5 +82,5 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto",
     with eval_bn_statistics(d, cfg, data.train.images):
         acc = accuracy(d, data.test.images, data.test.labels, eval_batch_size(cfg),
                        data.num_classes)
-    return {"checkpoint": str(checkpoints.resolve(path)), "epoch": state["epoch"], "eval_bn": cfg.eval_bn,
-            "test_examples": len(data.test), "test_accuracy": acc}
+    return {"checkpoint": str(checkpoints.resolve(path)), "epoch": state["epoch"],
+            "eval_bn": cfg.eval_bn, "test_examples": len(data.test), "test_accuracy": acc}
