@@ -46,9 +46,9 @@ def _faults(mode: str) -> list[int]:
 @pytest.mark.subprocess
 @pytest.mark.skipif(not keep_freed_memory(), reason="needs Linux with glibc")
 def test_kept_memory_is_reused_without_page_faults():
-    # a window touches 6 x 32 MiB = 49,152 pages. glibc's initial thresholds fault thousands of
-    # them again in every window; the kept settings none in most, a few thousand in an odd
-    # window when the heap's layout shifts (seen on an Intel Xeon machine)
+    # a window touches 6 x 32 MiB = 49,152 pages. glibc's initial thresholds fault them all
+    # again in every window; the kept settings none, or on one thread now and then one 8 or
+    # 16 MiB block when the heap grows past fragmentation (seen on an Intel Xeon machine)
     default, kept = _faults("default"), _faults("kept")
-    assert sum(default) > 8_192, default
-    assert sorted(kept)[2] == 0 and sum(kept) < sum(default) / 2, (kept, default)
+    assert min(default) > 40_000, default
+    assert sum(kept) < sum(default) / 20, (kept, default)
