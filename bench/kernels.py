@@ -152,10 +152,11 @@ def mce_case(label, batch, cols, dtype, device, compile_backend, with_reference=
                 bytes_bwd=batch * (2 * cols * size + 8 + 1 + 4))
 
 
-# (label, shape, affine, p, slope): every fused block of D and G at batch 128 in training, with
-# its BatchNorm folded in (affine) as a GPU's model calls it. D.act2 and D.act7, bare leaky-ReLUs
-# with nothing to fuse, run ATen's kernel (models.LeakyBlock); so, on a CPU, where the model runs
-# ATen's batch norm first (DevicePolicy.folds_batch_norm), do the BatchNorm blocks without dropout.
+# (label, shape, affine, p, slope): every BatchNorm + leaky-ReLU (+ dropout) block of D and G at
+# batch 128 in training, with the BatchNorm folded into the op (affine), the op's scale/shift
+# API at the model's shapes. The models themselves run ATen's batch norm first and call the op
+# only where a block drops out, without the affine (models.LeakyBlock): those rows are the
+# affine=False ones, and the channels-last rows below.
 MODEL_BLOCKS = [
     ("D.input_dropout", (128, 3, 32, 32), False, 0.2, 1.0),
     ("D.act1", (128, 64, 16, 16), False, 0.5, 0.2), ("D.act3", (128, 64, 4, 4), True, 0.5, 0.2),
@@ -191,7 +192,7 @@ def cases(dtype, device, smoke, compile_backend,
             if label in IMAGE_BLOCKS:
                 continue
             out.append(lrd_case(label, shape, affine, p, *args, slope=slope, channels_last=True))
-            if affine and p:  # as a CPU's model calls it: ATen's batch norm first, no fold
+            if affine and p:  # as the model calls it: ATen's batch norm first, no fold
                 out.append(lrd_case(label, shape, False, p, *args, slope=slope,
                                     channels_last=True))
     out += [gan_logits_case("D.head", 128, 10, False, *args),

@@ -312,22 +312,24 @@ def _backward_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor
     plan = _Launch.plan(x) if x.numel() else None
     dy = _native_layout(dy, plan.channels_last if plan else False)
     dx = torch.empty_like(x)
-    acc_dtype = reference.compute_dtype(x.dtype)
-    num_rows = plan.grid_a if (plan and affine_grads) else 0
-    dscale_partial = torch.zeros(num_rows, x.shape[1] if x.dim() > 1 else 1, dtype=acc_dtype,
-                                 device=x.device)
-    dshift_partial = torch.zeros_like(dscale_partial)
+    channels = x.shape[1] if x.dim() > 1 else 1
+    # rows of per-program partial sums, dscale's and dshift's in one buffer; every program
+    # writes its row for every channel, so nothing needs zeroing
+    partials = torch.empty(2, plan.grid_a if plan else 0, channels,
+                           dtype=reference.compute_dtype(x.dtype), device=x.device) \
+        if affine_grads else None
     if plan is not None:
         _backward_kernel[plan.grid](
             dy, x, dx, scale if scale is not None else x, shift if shift is not None else x,
-            seed, dscale_partial, dshift_partial, *plan.args(),
+            seed, partials[0] if affine_grads else x, partials[1] if affine_grads else x,
+            *plan.args(),
             HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, AFFINE_GRADS=affine_grads,
             **plan.constexprs(),
             **_fp_flags(x, negative_slope, p))
     # stage two of the reduction: a fixed-order sum over programs, so results are deterministic
-    dscale = dscale_partial.sum(0).to(scale.dtype) if (affine_grads and scale is not None) \
+    dscale = partials[0].sum(0).to(scale.dtype) if (affine_grads and scale is not None) \
         else x.new_empty(0)
-    dshift = dshift_partial.sum(0).to(shift.dtype) if (affine_grads and shift is not None) \
+    dshift = partials[1].sum(0).to(shift.dtype) if (affine_grads and shift is not None) \
         else x.new_empty(0)
     return dx, dscale, dshift
 

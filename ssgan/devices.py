@@ -20,25 +20,23 @@ class DevicePolicy:
     memory_format: the layout of the models' weights and feature maps. Images (D's input, G's
         output) stay channels-first everywhere: with 1 or 3 channels a channels-last image
         fills few lanes of a vector.
-    folds_batch_norm: a BatchNorm block hands its normalize+affine to the fused op as
-        scale/shift, instead of running ATen's batch norm before it.
     fused_adam: the optimizers use Adam's fused implementation (else PyTorch's default).
     subpixel_deconv: a transposed convolution with few output channels runs its forward as a
         convolution followed by ``pixel_shuffle`` (:mod:`ssgan.subpixel`).
     """
     memory_format: torch.memory_format
-    folds_batch_norm: bool
     fused_adam: bool
     subpixel_deconv: bool
 
 
 # The CPU's entries were chosen by measurement on the CPU (docs/cpu-path.md); the GPU's keep
-# the original design until they are measured on a GPU (docs/gpu.md).
+# PyTorch's defaults until they are measured on a GPU (docs/gpu.md). BatchNorm is no entry:
+# every device runs ATen's batch norm before the fused op (ssgan.models.LeakyBlock).
 POLICIES: dict[str, DevicePolicy] = {
-    "cpu": DevicePolicy(memory_format=torch.channels_last, folds_batch_norm=False,
-                        fused_adam=True, subpixel_deconv=True),
-    "cuda": DevicePolicy(memory_format=torch.contiguous_format, folds_batch_norm=True,
-                         fused_adam=False, subpixel_deconv=False),
+    "cpu": DevicePolicy(memory_format=torch.channels_last, fused_adam=True,
+                        subpixel_deconv=True),
+    "cuda": DevicePolicy(memory_format=torch.contiguous_format, fused_adam=False,
+                         subpixel_deconv=False),
 }
 
 

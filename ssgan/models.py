@@ -1,11 +1,7 @@
 """The notebook's generator and discriminator, built on the fused kernels.
 
-Where the device folds BatchNorm (:class:`ssgan.devices.DevicePolicy`, a GPU), a BatchNorm +
-leaky-ReLU (+ dropout) block is one ``leaky_relu_dropout`` call with the BatchNorm folded into
-per-channel ``scale``/``shift``: PyTorch computes the batch statistics (so autograd
-differentiates through them), the kernel does the elementwise work in one pass. Elsewhere (a
-CPU) the BatchNorm runs as ATen's own batch norm and the kernel (or ATen's leaky ReLU, where
-there is no dropout) takes its output.
+A BatchNorm block runs ATen's batch norm, then the fused leaky-ReLU + dropout kernel where it
+drops out, else ATen's leaky ReLU; the blocks without BatchNorm likewise.
 """
 from __future__ import annotations
 
@@ -28,22 +24,17 @@ BN_EPS = 1e-3  # TensorFlow's default, which the notebook used
 EVAL_BN_MODES = ("running", "recalibrated", "batch")
 
 
-class FoldedBatchNorm(nn.BatchNorm2d):
-    """A BatchNorm2d that returns its normalize+affine as (scale, shift) vectors instead of
-    applying them (:meth:`scale_shift`), so the activation kernel can apply them in the same
-    pass, or applies them with ATen's batch norm (:meth:`normalize`), the same statistics.
-
-    In training it uses batch statistics and, when ``update_stats``, updates the running ones.
-    ``use_batch_stats`` forces batch statistics at evaluation too (the notebook's behaviour).
-    """
+class BatchNorm(nn.BatchNorm2d):
+    """A BatchNorm2d whose running statistics a call may leave alone (``update_stats=False``,
+    for generated batches), and which ``use_batch_stats`` makes use batch statistics at
+    evaluation too (the notebook's behaviour). It runs as ATen's batch norm on every device."""
 
     def __init__(self, channels: int):
         super().__init__(channels, eps=BN_EPS)
         self.use_batch_stats = False
 
     def normalize(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
-        """The BatchNorm applied by ATen's ``batch_norm``, with the statistics and running
-        averages :meth:`scale_shift` would use; x (N, C, ...), returned alike."""
+        """The BatchNorm applied by ATen's ``batch_norm``; x (N, C, ...), returned alike."""
         batch_stats = self.training or self.use_batch_stats
         track = self.training and update_stats
         weight = 0.0
@@ -56,85 +47,28 @@ class FoldedBatchNorm(nn.BatchNorm2d):
                    else (None, None))
         return F.batch_norm(x, *running, self.weight, self.bias, batch_stats, weight, self.eps)
 
-    def scale_shift(self, x: torch.Tensor, update_stats: bool = True
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.training or self.use_batch_stats:
-            mean, invstd = batch_statistics(x, self.eps)
-            if self.training and update_stats:
-                with torch.no_grad():
-                    n = x.numel() // x.shape[1]
-                    self.num_batches_tracked += 1
-                    # momentum None means a cumulative average, as in nn.BatchNorm2d
-                    weight = (1.0 / self.num_batches_tracked.item() if self.momentum is None
-                              else self.momentum)
-                    var = invstd.pow(-2) - self.eps
-                    self.running_mean.lerp_(mean, weight)
-                    self.running_var.lerp_(var * n / max(1, n - 1), weight)
-        else:
-            mean, invstd = self.running_mean, torch.rsqrt(self.running_var + self.eps)
-        scale = self.weight * invstd
-        return scale, self.bias - mean * scale
-
-
-class _BatchStatistics(torch.autograd.Function):
-    """Forward: one ``torch.native_batch_norm`` pass. Backward, in closed form: with
-    invstd = (var + eps)^-1/2 and var = mean((x - mean)^2) (the mean's own term in var vanishes
-    because the deviations sum to zero), dx = (dmean - dinvstd * invstd^3 * (x - mean)) / n."""
-
-    @staticmethod
-    def forward(ctx, x, eps):
-        _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
-        ctx.save_for_backward(x, mean, invstd)
-        return mean, invstd
-
-    @staticmethod
-    def backward(ctx, dmean, dinvstd):
-        x, mean, invstd = ctx.saved_tensors
-        n = x.numel() // x.shape[1]
-        b = dinvstd * invstd.pow(3) / -n
-        a = dmean / n - b * mean
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return torch.addcmul(a.view(shape), x, b.view(shape)), None
-
-
-def batch_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel batch mean and ``1 / sqrt(biased var + eps)`` of x (N, C, ...), each (C,),
-    in fp32 (fp64 for fp64 x); differentiable in x.
-
-    ``torch.native_batch_norm`` gathers both in one pass, where ``torch.var_mean`` takes two
-    over a channels-last tensor, and its backward here is one ``addcmul`` where autograd's
-    through ``var_mean`` is a chain of small ops.
-    """
-    stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return _BatchStatistics.apply(x.to(stats_dtype), eps)
-
 
 class LeakyBlock(nn.Module):
-    """Optional BatchNorm, then leaky-ReLU, then dropout: one fused kernel call where the
-    device folds BatchNorm into it (``DevicePolicy.folds_batch_norm``), else ATen's batch norm
-    first.
+    """Optional BatchNorm (ATen's), then leaky-ReLU and dropout in one fused kernel call.
 
-    A block with nothing left to fuse, no dropout (p == 0, or evaluation) and no BatchNorm to
-    fold, runs ATen's leaky-ReLU, the identity for slope 1: the fused op would run the same
-    single pass plus its own call overhead.
+    Without dropout (p == 0, or evaluation) there is nothing to fuse, and the block runs
+    ATen's leaky-ReLU, the identity for slope 1: the fused op would run the same single pass
+    plus its own call overhead. The BatchNorm is not folded into the op as scale and shift:
+    its statistics, the small ops that make scale and shift and their autograd cost more
+    launches than ATen's batch norm on a GPU and more time on a CPU (docs/gpu.md).
     """
 
     def __init__(self, channels: int | None, alpha: float, p: float = 0.0):
         super().__init__()
-        self.bn = FoldedBatchNorm(channels) if channels else None
+        self.bn = BatchNorm(channels) if channels else None
         self.alpha, self.p = alpha, p
 
     def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
-        scale = shift = None
         if self.bn is not None:
-            if policy(x.device).folds_batch_norm:
-                scale, shift = self.bn.scale_shift(x, update_stats)
-            else:
-                x = self.bn.normalize(x, update_stats)
-        if scale is None and (self.p == 0 or not self.training):
+            x = self.bn.normalize(x, update_stats)
+        if self.p == 0 or not self.training:
             return x if self.alpha == 1 else F.leaky_relu(x, self.alpha)
-        return K.leaky_relu_dropout(x, negative_slope=self.alpha, p=self.p,
-                                    training=self.training, scale=scale, shift=shift)
+        return K.leaky_relu_dropout(x, negative_slope=self.alpha, p=self.p, training=True)
 
 
 class Discriminator(nn.Module):
@@ -180,7 +114,7 @@ class Discriminator(nn.Module):
             raise ValueError(f"--eval-bn must be one of {', '.join(EVAL_BN_MODES)}, "
                              f"got {mode!r}")
         for module in self.modules():
-            if isinstance(module, FoldedBatchNorm):
+            if isinstance(module, BatchNorm):
                 module.use_batch_stats = mode == "batch"
 
     @torch.no_grad()
@@ -188,7 +122,7 @@ class Discriminator(nn.Module):
         """Re-estimates the BatchNorm running statistics as a plain average over ``batches`` of
         real images (float (B, C, H, W) in [-1, 1]) with dropout off. During training they are
         measured with dropout on, which inflates the variances that evaluation then divides by."""
-        norms = [m for m in self.modules() if isinstance(m, FoldedBatchNorm)]
+        norms = [m for m in self.modules() if isinstance(m, BatchNorm)]
         blocks = [m for m in self.modules() if isinstance(m, LeakyBlock)]
         saved = [m.momentum for m in norms], [b.p for b in blocks], self.training
         for m in norms:

@@ -1,5 +1,3 @@
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,8 +7,7 @@ import ssgan.models as models
 from ssgan import devices
 from conftest import KERNEL_PATH
 from ssgan.losses import discriminator_loss, feature_matching_loss
-from ssgan.models import (Discriminator, FoldedBatchNorm, Generator, LeakyBlock, batch_statistics,
-                          count_parameters)
+from ssgan.models import BatchNorm, Discriminator, Generator, LeakyBlock, count_parameters
 
 # The notebook's architecture, counted by hand from its TensorFlow layers (conv/dense weights +
 # biases, BN gamma + beta), for 3 input channels and 10 classes:
@@ -49,19 +46,10 @@ def test_generator_rejects_bad_size():
         Generator(image_size=30)
 
 
-@pytest.fixture(params=["folded", "aten"])
-def bn_path(request, monkeypatch):
-    """Both ways a block runs its BatchNorm, whatever this machine's device: folded into the
-    fused op (a GPU's way) and ATen's batch norm first (a CPU's)."""
-    monkeypatch.setitem(devices.POLICIES, "cpu", dataclasses.replace(
-        devices.POLICIES["cpu"], folds_batch_norm=request.param == "folded"))
-    return request.param
-
-
 @pytest.mark.parametrize("kind", ["cpu", "cuda"])
-def test_a_block_takes_the_batch_norm_way_of_its_devices_policy(monkeypatch, kind):
-    """Under a policy that folds, the fused op receives the BatchNorm as scale and shift; under
-    one that does not, ATen's batch norm runs and a block without dropout never calls the op."""
+def test_a_batch_norm_block_runs_atens_batch_norm_then_the_op_without_affine(monkeypatch, kind):
+    """On every device's decisions: a block without dropout never calls the fused op, one with
+    dropout calls it on the normalized input, with no scale or shift."""
     calls = []
     real_op = K.leaky_relu_dropout
 
@@ -70,17 +58,13 @@ def test_a_block_takes_the_batch_norm_way_of_its_devices_policy(monkeypatch, kin
         return real_op(x, **kwargs)
     monkeypatch.setattr(models.K, "leaky_relu_dropout", spy)
     x = torch.randn(6, 5, 4, 4) * 2 + 1
-    with devices.decisions_of(kind) as decided:
+    with devices.decisions_of(kind):
         LeakyBlock(5, alpha=0.2)(x)
         LeakyBlock(5, alpha=0.2, p=0.5)(x)
-    if decided.folds_batch_norm:
-        assert len(calls) == 2 and all(c["scale"] is not None and c["shift"] is not None
-                                       for c in calls)
-    else:
-        assert len(calls) == 1 and calls[0]["scale"] is None and calls[0]["p"] == 0.5
+    assert [(c["p"], "scale" in c) for c in calls] == [(0.5, False)]
 
 
-def test_block_equals_batchnorm_then_leaky_relu(bn_path):
+def test_block_equals_batchnorm_then_leaky_relu():
     torch.manual_seed(0)
     x = torch.randn(6, 5, 4, 4)
     block = LeakyBlock(5, alpha=0.2)
@@ -97,7 +81,7 @@ def test_block_equals_batchnorm_then_leaky_relu(bn_path):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_block_gradients_equal_batchnorm_then_leaky_relu(bn_path, channels_last):
+def test_block_gradients_equal_batchnorm_then_leaky_relu(channels_last):
     layout = torch.channels_last if channels_last else torch.contiguous_format
     x = (torch.randn(7, 5, 3, 6) * 3 + 1).contiguous(memory_format=layout).requires_grad_()
     dy = torch.randn(7, 5, 3, 6)
@@ -114,53 +98,17 @@ def test_block_gradients_equal_batchnorm_then_leaky_relu(bn_path, channels_last)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def _var_mean_statistics(x, eps):
-    var, mean = torch.var_mean(x.double(), dim=[0, 2, 3], correction=0)
-    return mean, (var + eps).rsqrt()
-
-
-@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (9, 16, 2, 3), (1, 2, 7, 1)])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_batch_statistics_gradcheck(shape, channels_last):
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    x = (torch.randn(shape, dtype=torch.float64) * 2 + 0.5).contiguous(memory_format=layout)
-    x.requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: batch_statistics(t, 1e-3), (x,))
-    # the same function as autograd's var_mean path
-    dmean, dinv = torch.randn(shape[1], dtype=torch.float64), torch.randn(shape[1],
-                                                                            dtype=torch.float64)
-    ours = torch.autograd.grad(batch_statistics(x, 1e-3), x, (dmean, dinv))[0]
-    truth = torch.autograd.grad(_var_mean_statistics(x, 1e-3), x, (dmean, dinv))[0]
-    torch.testing.assert_close(ours, truth, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_batch_statistics_are_fp32_for_every_input_dtype(dtype):
-    """Of the very values x holds, the statistics are as accurate as fp32 arithmetic allows,
-    whatever x's dtype: computed in a 16-bit dtype they would miss the tolerance."""
-    tol = 1e-5  # fp32 accumulation over 256 values per channel
-    x = (torch.randn(16, 8, 4, 4) * 3 + 2).to(dtype).contiguous(memory_format=torch.channels_last)
-    mean, invstd = batch_statistics(x, 1e-3)
-    assert mean.dtype == invstd.dtype == torch.float32
-    truth = _var_mean_statistics(x, 1e-3)
-    torch.testing.assert_close(mean.double(), truth[0], rtol=tol, atol=tol)
-    torch.testing.assert_close(invstd.double(), truth[1], rtol=tol, atol=tol)
-    if dtype != torch.float32:  # the same statistics in x's own dtype are off by far more
-        low = x.mean(dim=(0, 2, 3))
-        assert (low.double() - truth[0]).abs().max() > 10 * tol
-
-
-def test_generated_batches_do_not_touch_running_stats(bn_path):
+def test_generated_batches_do_not_touch_running_stats():
     d = Discriminator(1, 10, size_mult=4)
-    before = [m.running_mean.clone() for m in d.modules() if isinstance(m, FoldedBatchNorm)]
+    before = [m.running_mean.clone() for m in d.modules() if isinstance(m, BatchNorm)]
     d(torch.randn(4, 1, 32, 32), update_stats=False)
-    after = [m.running_mean for m in d.modules() if isinstance(m, FoldedBatchNorm)]
+    after = [m.running_mean for m in d.modules() if isinstance(m, BatchNorm)]
     assert all(torch.equal(a, b) for a, b in zip(before, after))
     d(torch.randn(4, 1, 32, 32))
     assert not all(torch.equal(a, b) for a, b in zip(before, after))
 
 
-def test_eval_bn_modes(bn_path):
+def test_eval_bn_modes():
     d = Discriminator(1, 10, size_mult=4).eval()
     x = torch.randn(8, 1, 32, 32) * 3 + 2
     running = d(x)[0]
@@ -177,7 +125,7 @@ def test_eval_bn_modes(bn_path):
         d.set_eval_bn("both")
 
 
-def test_recalibrate_bn_averages_real_batch_statistics_without_dropout(bn_path):
+def test_recalibrate_bn_averages_real_batch_statistics_without_dropout():
     torch.manual_seed(0)
     d = Discriminator(1, 10, size_mult=4)
     d.train()
@@ -197,7 +145,7 @@ def test_recalibrate_bn_averages_real_batch_statistics_without_dropout(bn_path):
     assert d.act3.bn.momentum == 0.1
 
 
-def test_models_on_kernel_path_match_twins(device, monkeypatch, bn_path):
+def test_models_on_kernel_path_match_twins(device, monkeypatch):
     """The same models, seeds and inputs through the Triton path and through the twins."""
     torch.manual_seed(0)
     d = Discriminator(3, 10, size_mult=4, extra_class=True).to(device)
@@ -240,7 +188,7 @@ def test_feature_matching_loss_matches_formula():
     assert feature_matching_loss(real, real).item() == 0
 
 
-def test_a_block_with_nothing_to_fuse_runs_atens_leaky_relu(monkeypatch, bn_path):
+def test_a_block_with_nothing_to_fuse_runs_atens_leaky_relu(monkeypatch):
     calls = []
     monkeypatch.setattr(K, "leaky_relu_dropout", lambda x, **kw: calls.append(kw) or x)
     x = torch.randn(4, 6, 5, 5)
@@ -248,11 +196,9 @@ def test_a_block_with_nothing_to_fuse_runs_atens_leaky_relu(monkeypatch, bn_path
     assert torch.equal(LeakyBlock(None, 0.2, p=0.5).eval()(x), F.leaky_relu(x, 0.2))
     assert LeakyBlock(None, 1.0, p=0.2).eval()(x) is x
     assert not calls
-    # dropout in training: the fused op; a BatchNorm: the fused op where it folds into it,
-    # else ATen's batch norm and, without dropout, ATen's leaky ReLU
+    # dropout in training: the fused op; a BatchNorm: ATen's batch norm and, without dropout,
+    # ATen's leaky ReLU
     LeakyBlock(None, 0.2, p=0.5)(x)
     LeakyBlock(6, 0.2)(x)
     LeakyBlock(6, 0.2, p=0.5)(x)
-    folded = bn_path == "folded"
-    assert [(kw["p"], kw["scale"] is not None) for kw in calls] == (
-        [(0.5, False), (0.0, True), (0.5, True)] if folded else [(0.5, False), (0.5, False)])
+    assert [kw["p"] for kw in calls] == [0.5, 0.5] and not any("scale" in kw for kw in calls)

@@ -11,7 +11,7 @@ from ssgan import checkpoints
 from ssgan.devices import policy, resolve_device
 from conftest import DEVICE, KERNEL_PATH
 from ssgan.data import Dataset, Split
-from ssgan.models import FoldedBatchNorm
+from ssgan.models import BatchNorm
 
 TIMING = {"step_ms", "epoch_s"}
 
@@ -160,7 +160,7 @@ def test_variants_run(tmp_path, overrides):
     g_moved = any(not torch.equal(v, g_before[k]) for k, v in trainer.g.state_dict().items())
     assert g_moved != overrides.get("supervised_only", False)
     assert trainer.d.classifier.out_features == 3 + overrides.get("extra_class", False)
-    bns = [m for m in trainer.d.modules() if isinstance(m, FoldedBatchNorm)]
+    bns = [m for m in trainer.d.modules() if isinstance(m, BatchNorm)]
     assert all(m.use_batch_stats == (overrides.get("eval_bn") == "batch") for m in bns)
     if overrides.get("label_selection") == "first":
         assert trainer.labeled_idx.tolist() == list(range(10))
