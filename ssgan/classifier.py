@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torchvision.transforms.functional import pil_to_tensor
 
 from ssgan import checkpoints
 from ssgan.config import TrainConfig
+from ssgan.data import image_to_uint8
 from ssgan.devices import decisions_of, policy, resolve_device
-from ssgan.models import Discriminator
+from ssgan.models import Discriminator, build_discriminator
 
 MNIST_DIGIT_SIZE = 28  # the IDX files' side; training pads it to 32 (ssgan.data)
 
@@ -60,7 +60,7 @@ def _input_transform(cfg: TrainConfig, size: int, channels: int
     """Converts an image as training converted its dataset's images: to ``channels``, MNIST's
     28x28 digits padded to the model's size (as ssgan.data pads them), anything else resized
     with bilinear filtering (as image folders are); then scaled to [0, 1]."""
-    mode = "L" if channels == 1 else "RGB"
+    pad = (size - MNIST_DIGIT_SIZE) // 2
 
     def transform(image: Image.Image | torch.Tensor) -> torch.Tensor:
         if isinstance(image, torch.Tensor):
@@ -68,13 +68,10 @@ def _input_transform(cfg: TrainConfig, size: int, channels: int
                 raise ValueError(f"expected a uint8 (C, H, W) image tensor, got "
                                  f"{image.dtype} {tuple(image.shape)}")
             image = Image.fromarray(image.permute(1, 2, 0).squeeze(-1).cpu().numpy())
-        image = image.convert(mode)
-        pad = (size - MNIST_DIGIT_SIZE) // 2
         if cfg.dataset == "mnist" and image.size == (MNIST_DIGIT_SIZE, MNIST_DIGIT_SIZE) and pad:
-            return F.pad(pil_to_tensor(image), (pad, pad, pad, pad)).float() / 255.0
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.BILINEAR)
-        return pil_to_tensor(image).float() / 255.0
+            digit = image_to_uint8(image, MNIST_DIGIT_SIZE, channels)
+            return F.pad(digit, (pad, pad, pad, pad)).float() / 255.0
+        return image_to_uint8(image, size, channels).float() / 255.0
     return transform
 
 
@@ -92,9 +89,7 @@ def load_classifier(path: str | Path, device: str = "auto") -> LoadedClassifier:
                          "or an older ssgan wrote it); continue the run with --resume until "
                          "it evaluates")
     num_classes, size, channels = state["num_classes"], state["image_size"], state["channels"]
-    d = Discriminator(channels, num_classes, cfg.d_size_mult, cfg.drop_rate, cfg.alpha,
-                      cfg.extra_class)
-    d.set_eval_bn(cfg.eval_bn)
+    d = build_discriminator(cfg, channels, num_classes)
     d.load_state_dict(checkpoints.ema_weights(state) or state["discriminator"])
     d.load_state_dict(state["eval_buffers"], strict=False)
     model = Classifier(d, num_classes).to(dev, memory_format=policy(dev).memory_format).eval()

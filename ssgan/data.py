@@ -196,17 +196,28 @@ def load_mnist(data_dir: str | Path | None = None, *, train_prefix: str | None =
 
 # ---------------------------------------------------------------- image folders
 
+def open_image(path: str | Path, fix: str = "remove or replace it") -> Image.Image:
+    """An image file through torchvision's loader, or a DataError naming it and ``fix``."""
+    try:
+        return tv_folder.default_loader(str(path))
+    except OSError as err:
+        raise DataError(f"cannot read image {path} ({err}); {fix}") from None
+
+
+def image_to_uint8(image: Image.Image, size: int, channels: int) -> torch.Tensor:
+    """An image as image folders are read: converted to ``channels`` (1: grayscale, 3: RGB),
+    resized to ``size`` x ``size`` with bilinear filtering; uint8 (channels, size, size)."""
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return pil_to_tensor(image)
+
+
 def _read_images(samples: list[tuple[str, int]], size: int, channels: int) -> Split:
     """torchvision's image loader, converted to ``channels`` and resized to ``size``."""
-    mode = "L" if channels == 1 else "RGB"
     images = torch.empty(len(samples), channels, size, size, dtype=torch.uint8)
     for i, (path, _) in enumerate(samples):
-        try:
-            img = tv_folder.default_loader(path).convert(mode).resize((size, size),
-                                                                      Image.BILINEAR)
-        except OSError as err:
-            raise DataError(f"cannot read image {path} ({err}); remove or replace it") from None
-        images[i] = pil_to_tensor(img)
+        images[i] = image_to_uint8(open_image(path), size, channels)
     return Split(images, torch.tensor([label for _, label in samples], dtype=torch.int64))
 
 

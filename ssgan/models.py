@@ -194,11 +194,18 @@ def build_models(cfg: "TrainConfig", data: "Dataset", device: torch.device
     """G and D for ``cfg``'s widths and ``data``'s images and classes, on ``device`` in its
     layout (``DevicePolicy.memory_format``), D with ``cfg.eval_bn``'s evaluation mode."""
     g = Generator(cfg.z_dim, data.channels, data.image_size, cfg.g_size_mult, cfg.alpha)
-    d = Discriminator(data.channels, data.num_classes, cfg.d_size_mult, cfg.drop_rate,
-                      cfg.alpha, cfg.extra_class)
-    d.set_eval_bn(cfg.eval_bn)
+    d = build_discriminator(cfg, data.channels, data.num_classes)
     layout = policy(device).memory_format
     return g.to(device, memory_format=layout), d.to(device, memory_format=layout)
+
+
+def build_discriminator(cfg: "TrainConfig", channels: int, num_classes: int) -> Discriminator:
+    """D for ``cfg``'s width, dropout, slope and extra class, with its evaluation BatchNorm
+    mode, on the CPU."""
+    d = Discriminator(channels, num_classes, cfg.d_size_mult, cfg.drop_rate, cfg.alpha,
+                      cfg.extra_class)
+    d.set_eval_bn(cfg.eval_bn)
+    return d
 
 
 def count_parameters(module: nn.Module) -> int:

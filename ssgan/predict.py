@@ -7,12 +7,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm.auto import tqdm
 
 from ssgan.classifier import load_classifier
-from ssgan.data import DataError
+from ssgan.data import DataError, open_image
 
 
 def image_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -31,16 +30,6 @@ def image_files(paths: Iterable[str | Path]) -> list[Path]:
         raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) under "
                         f"{', '.join(map(str, paths))}")
     return found
-
-
-def _read(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, UnidentifiedImageError) as err:
-        raise DataError(f"cannot read image {path} ({err}); remove it or pass "
-                        "--skip-unreadable") from None
 
 
 def predict(checkpoint: str | Path, inputs: Iterable[str | Path], out: str | Path, *,
@@ -68,7 +57,8 @@ def predict(checkpoint: str | Path, inputs: Iterable[str | Path], out: str | Pat
 
     for path in tqdm(files, desc="predict", unit="img", disable=not progress):
         try:
-            batch.append((path, loaded.transform(_read(path))))
+            image = open_image(path, fix="remove it or pass --skip-unreadable")
+            batch.append((path, loaded.transform(image)))
         except DataError:
             if not skip_unreadable:
                 raise
