@@ -214,9 +214,10 @@ def test_sigterm_stops_training_keeps_the_checkpoint_and_resume_finishes(tmp_pat
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM; the last finished epoch's checkpoint is kept" in err
     assert "Traceback" not in err
-    state = checkpoints.load(tmp_path / "run")
-    stopped_at = state["epoch"]
-    assert 2 <= stopped_at < 40
+    # the signal may land between epoch 2's metrics row and its checkpoint: then the
+    # checkpoint is epoch 1's, and --resume drops the row written after it
+    stopped_at = checkpoints.load(tmp_path / "run")["epoch"]
+    assert 1 <= stopped_at < 40
     finish = subprocess.run([*args[:args.index("40")], "%d" % (stopped_at + 2),
                              *args[args.index("40") + 1:], "--resume"],
                             capture_output=True, text=True, timeout=240)
