@@ -190,8 +190,10 @@ def annotate(result: dict) -> dict:
 
 # ------------------------------------------------------------------ one step: launches, bytes
 
+# ops that launch nothing: allocations, views, and the profiler's markers around an optimizer step
 NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
-             "lift_fresh", "_local_scalar_dense", "detach", "alias", "set_", "resize_"}
+             "lift_fresh", "_local_scalar_dense", "detach", "alias", "set_", "resize_",
+             "_record_function_enter_new", "_record_function_exit"}
 
 
 class StepCounter:
@@ -222,8 +224,8 @@ class StepCounter:
         self.ops[name] = self.ops.get(name, 0) + 1
 
 
-def _gpu_like_optimizers(trainer) -> None:
-    """Adam as it runs on a GPU (foreach kernels), for both paths alike."""
+def _users_gpu_optimizers(trainer) -> None:
+    """Adam as a user's stock step runs it on a GPU: PyTorch's default there, foreach."""
     cfg = trainer.cfg
     for name, model in (("opt_d", trainer.d), ("opt_g", trainer.g)):
         setattr(trainer, name, torch.optim.Adam(model.parameters(), lr=cfg.lr,
@@ -232,7 +234,9 @@ def _gpu_like_optimizers(trainer) -> None:
 
 def step_traffic(batch: int = 128) -> list[dict]:
     """Kernel launches and HBM bytes of one notebook training step, fused vs stock, each with
-    the decisions a GPU takes (``ssgan.devices.POLICIES["cuda"]``)."""
+    the decisions a GPU takes (``ssgan.devices.POLICIES["cuda"]``). The fused step is the
+    trainer's graph-ready step, which a GPU replays from one CUDA graph: its launches are
+    the graph's nodes; the stock step runs PyTorch's default (foreach) Adam."""
     from ssgan.devices import decisions_of
     rows = []
     for path in ("fused (ssgan)", "stock PyTorch"):
@@ -242,29 +246,28 @@ def step_traffic(batch: int = 128) -> list[dict]:
 
 
 def _path_traffic(path: str, batch: int) -> dict:
-    """One path's launches and bytes in one step (Adam's state created outside the count)."""
+    """One path's launches and bytes in one step (Adam's state created outside the count).
+    A foreach or fused optimizer op counts as one launch, as every other ATen op does."""
     import ssgan.kernels as K
     from bench import stock
     from bench.gpu_compile import record_launches
     from bench.train_step import make_trainer
 
     trainer = make_trainer("ssgan", batch, smoke=False, device=torch.device("cpu"))
-    idx = torch.arange(batch)
     counter = StepCounter()
     if path.startswith("stock"):
         g, d = stock.stock_models(trainer)
-        _gpu_like_optimizers(trainer)
-        stock.stock_step(trainer, g, d, idx)
+        _users_gpu_optimizers(trainer)
+        stock.stock_step(trainer, g, d, trainer.batch_idx)
         with counter.mode:
-            stock.stock_step(trainer, g, d, idx)
+            stock.stock_step(trainer, g, d, trainer.batch_idx)
         launches = []
     else:
-        _gpu_like_optimizers(trainer)
         with K.use_backend("triton"), K.deferred_target_checks():
             with record_launches(dry=True):
-                trainer.step(idx)
+                trainer.graph_ready_step()
             with record_launches(dry=True) as launches, counter.mode:
-                trainer.step(idx)
+                trainer.graph_ready_step()
     total = counter.launches + len(launches)
     return {"path": path, "aten_launches": counter.launches, "triton_launches": len(launches),
             "launches": total,

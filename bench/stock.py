@@ -13,7 +13,7 @@ from torch import nn
 from ssgan.data import to_unit_range
 from ssgan.kernels._private_api import no_buffer_donation
 from ssgan.models import BN_EPS
-from ssgan.train import Trainer, simultaneous_update
+from ssgan.train import Trainer, adam, simultaneous_update
 
 
 class StockDiscriminator(nn.Module):
@@ -79,10 +79,13 @@ def masked_cross_entropy(logits, labels, mask):
     return (ce * m).sum() / m.sum().clamp_min(1.0)
 
 
-def stock_models(trainer: Trainer, compile_models: bool = False, channels_last: bool = False
-                 ) -> tuple[nn.Module, nn.Module]:
-    """Stock G and D shaped like ``trainer``'s, on its device, optionally ``torch.compile``d or
-    in the channels-last layout; ``trainer``'s optimizers are rebuilt over their parameters."""
+def stock_models(trainer: Trainer, compile_mode: str | None = None, channels_last: bool = False,
+                 trainer_optimizers: bool = False) -> tuple[nn.Module, nn.Module]:
+    """Stock G and D shaped like ``trainer``'s, on its device, optionally ``torch.compile``d
+    (``compile_mode``: ``"default"``, ``"reduce-overhead"``, ...) or in the channels-last
+    layout. ``trainer``'s optimizers are rebuilt over their parameters: PyTorch's default
+    Adam, as a user writes it, or with ``trainer_optimizers`` the trainer's own
+    (:func:`ssgan.train.adam`, reading ``trainer.lr``), which a CUDA graph can capture."""
     cfg, data = trainer.cfg, trainer.data
     g = StockGenerator(cfg.z_dim, data.channels, data.image_size, cfg.g_size_mult, cfg.alpha)
     d = StockDiscriminator(data.channels, data.num_classes, cfg.d_size_mult, cfg.drop_rate,
@@ -92,11 +95,14 @@ def stock_models(trainer: Trainer, compile_models: bool = False, channels_last: 
     d = d.to(trainer.device, memory_format=layout)
     if channels_last:
         trainer.data.train.images = trainer.data.train.images.contiguous(memory_format=layout)
-    betas = (cfg.beta1, 0.999)
-    trainer.opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=betas)
-    trainer.opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=betas)
-    if compile_models:
-        g, d = torch.compile(g), torch.compile(d)
+    if trainer_optimizers:
+        trainer.opt_g = adam(g.parameters(), trainer.lr, cfg.beta1)
+        trainer.opt_d = adam(d.parameters(), trainer.lr, cfg.beta1)
+    else:
+        trainer.opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+        trainer.opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    if compile_mode is not None:
+        g, d = torch.compile(g, mode=compile_mode), torch.compile(d, mode=compile_mode)
     return g, d
 
 

@@ -1,15 +1,21 @@
 """End-to-end benchmark: the notebook's full training step on SVHN-shaped synthetic data.
 
 Variants, all measured in the same run:
-- ``ssgan``: the project's trainer step with its default kernels (compiled Triton on a GPU, the
-  Inductor-compiled CPU path on a CPU);
-- ``stock``: the same model and step written with stock PyTorch, as a user would (the
-  baseline, see ``bench/stock.py``), and ``stock+compile``, its ``torch.compile``;
+- ``ssgan``: the trainer's graph-ready step run eagerly, with its default kernels (compiled
+  Triton on a GPU, the Inductor-compiled CPU path on a CPU): what ``ssgan train`` runs on a
+  CPU, and with ``--cuda-graph off`` on a GPU;
+- ``ssgan+cudagraph``: the same step replayed from one CUDA graph, as ``ssgan train`` runs it
+  on a GPU (GPU only);
+- the baselines (``bench/stock.py``): ``stock``, the same model and step written with stock
+  PyTorch as a user would; ``stock+compile``, its ``torch.compile``;
+  ``stock+reduce-overhead``, its ``torch.compile(mode="reduce-overhead")`` (GPU only); and
+  ``stock+cudagraph``, the stock step with the trainer's optimizers captured in a CUDA graph
+  exactly as the trainer captures its own (GPU only). Every ratio ``vs best stock`` is taken
+  against the fastest of these at the same batch size, named in ``best_stock``;
 - ``stock+channels_last``: the stock model in the channels-last layout the ssgan step uses on
   a CPU, to show how much of a gain is layout rather than fusion (not a baseline);
 - ``reference``: the trainer on ssgan's eager PyTorch twins (a correctness reference, never a
-  baseline);
-- ``ssgan+cudagraph``: the whole ssgan step captured in one CUDA graph (GPU only).
+  baseline).
 
 Reported per variant: the first step's time (compilation included: ``warmup_s``), the median
 steady-state ms/step, images/s, one SVHN epoch (73,257 images), peak memory of a step, and the
@@ -35,12 +41,14 @@ import ssgan.kernels as K
 from bench import common, stock
 from ssgan.data import Dataset, Split
 from ssgan.config import config_for
+from ssgan.cuda_graph import StepGraph
 from ssgan.train import Trainer
 
 SVHN_TRAIN_IMAGES = 73_257
-VARIANTS = ("ssgan", "stock", "stock+compile", "stock+channels_last", "reference",
-            "ssgan+cudagraph")
-BASELINES = ("stock", "stock+compile")
+VARIANTS = ("ssgan", "ssgan+cudagraph", "stock", "stock+compile", "stock+reduce-overhead",
+            "stock+cudagraph", "stock+channels_last", "reference")
+BASELINES = ("stock", "stock+compile", "stock+reduce-overhead", "stock+cudagraph")
+GPU_ONLY = ("ssgan+cudagraph", "stock+reduce-overhead", "stock+cudagraph")
 
 
 def synthetic_svhn(n: int, size: int = 32) -> Dataset:
@@ -57,47 +65,37 @@ def make_trainer(variant: str, batch: int, smoke: bool, device: torch.device) ->
     if smoke:
         cfg.d_size_mult, cfg.g_size_mult, cfg.z_dim = 4, 4, 8
     trainer = Trainer(cfg, synthetic_svhn(max(4 * batch, 1000 if not smoke else 64)))
-    if variant == "ssgan+cudagraph":
-        # a graph replays fixed addresses: Adam must keep its step counter on the device
-        betas = (cfg.beta1, 0.999)
-        trainer.opt_d = torch.optim.Adam(trainer.d.parameters(), cfg.lr, betas, capturable=True)
-        trainer.opt_g = torch.optim.Adam(trainer.g.parameters(), cfg.lr, betas, capturable=True)
+    trainer.batch_idx.copy_(torch.arange(batch, device=device))
     return trainer
 
 
 def step_fn(variant: str, batch: int, smoke: bool, device: torch.device):
-    """A zero-argument callable that runs one training step of ``variant``."""
+    """A zero-argument callable that runs one training step of ``variant``, through the
+    trainer's :class:`ssgan.cuda_graph.StepGraph` (which captures the ``+cudagraph`` ones)."""
     trainer = make_trainer(variant, batch, smoke, device)
-    idx = torch.arange(batch, device=device)
+    graphed = variant.endswith("+cudagraph")
     if variant.startswith("stock"):
-        g, d = stock.stock_models(trainer, compile_models=variant == "stock+compile",
-                                  channels_last=variant == "stock+channels_last")
-        return lambda: stock.stock_step(trainer, g, d, idx)
-    backend = trainer.cfg.kernels
+        compile_mode = {"stock+compile": "default",
+                        "stock+reduce-overhead": "reduce-overhead"}.get(variant)
+        g, d = stock.stock_models(trainer, compile_mode=compile_mode,
+                                  channels_last=variant == "stock+channels_last",
+                                  trainer_optimizers=graphed)
+        step = lambda: stock.stock_step(trainer, g, d, trainer.batch_idx)
+    else:
+        backend, check = trainer.cfg.kernels, K.DeferredTargetCheck()
 
-    def step():
-        with K.use_backend(backend):
-            trainer.step(idx)
-    if variant != "ssgan+cudagraph":
-        return step
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):  # warm-up outside the graph: autotuning, allocator, optimizer state
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    graph.register_generator_state(trainer.batch_rng.graphsafe_get_state())
-    with torch.cuda.graph(graph):
-        step()
+        def step():  # as the trainer's loop runs it
+            with K.use_backend(backend), K.deferred_target_checks(check):
+                trainer.graph_ready_step()
+    runner = StepGraph(step, device, capture=graphed, generators=[trainer.batch_rng])
 
-    def replay():
-        graph.replay()
-        # the graph reads fixed addresses: the trainer (models, optimizer state, data) and idx
-        # must outlive it, or their freed memory is reused and the replay gathers garbage
+    def run():
+        runner()
+        # a graph reads fixed addresses: the trainer (models, optimizer state, data, buffers)
+        # must outlive it, or their freed memory is reused and a replay gathers garbage
         # indices (a device-side assert on an H100 once other variants had allocated)
-        return trainer, idx
-    return replay
+        return trainer
+    return run
 
 
 def step_flops(batch: int, smoke: bool, device: torch.device) -> int:
@@ -118,17 +116,24 @@ def _sync(device: torch.device) -> None:
 def prepare(variant: str, batch: int, smoke: bool, device: torch.device) -> dict:
     """Builds the variant and runs its first step (the compile warm-up, timed)."""
     row: dict = {"variant": variant, "batch": batch}
-    if variant == "ssgan+cudagraph" and device.type != "cuda":
+    if variant in GPU_ONLY and device.type != "cuda":
         return {**row, "status": "skipped: CUDA graphs need a CUDA device"}
     try:
         start = time.perf_counter()
         run = step_fn(variant, batch, smoke, device)
-        run()
+        for _ in range(1 + graph_warmup(variant)):  # through capture, for graphed variants
+            run()
         _sync(device)
         row["warmup_s"] = time.perf_counter() - start
     except Exception as err:  # a variant that cannot run is reported, not fatal
         return {**row, "status": f"failed: {type(err).__name__}: {err}".splitlines()[0]}
     return {**row, "status": "ok", "run": run}
+
+
+def graph_warmup(variant: str) -> int:
+    """Eager steps a variant runs before its capture (0 for the variants that never capture)."""
+    from ssgan.cuda_graph import WARMUP_STEPS
+    return WARMUP_STEPS if variant.endswith("+cudagraph") else 0
 
 
 def measure(prepared: list[dict], device: torch.device, smoke: bool, rounds: int) -> None:
@@ -159,19 +164,24 @@ def finish(p: dict, device: torch.device, flops: int, peak: dict) -> dict:
             "svhn_epoch_s": SVHN_TRAIN_IMAGES / batch * ms / 1e3,
             # a graph replay allocates nothing: its memory is the private pool of the capture,
             # which the allocator's peak does not see, so it is left unmeasured
-            "peak_mem_mb": "" if p["variant"] == "ssgan+cudagraph"
+            "peak_mem_mb": "" if p["variant"].endswith("+cudagraph")
             else common.peak_memory_mb(run, device), "gflop_per_step": flops / 1e9,
             "achieved_tflops": tflops, **peak, "pct_peak": 100 * tflops / peak["peak_tflops"]}
 
 
 def add_speedups(rows: list[dict]) -> None:
-    """``speedup_vs_<baseline>``: baseline ms / variant ms, within the same batch size."""
+    """``speedup_vs_<baseline>``: baseline ms / variant ms, within the same batch size; and
+    ``speedup_vs_best_stock`` against the fastest baseline there, named in ``best_stock``."""
     for row in rows:
-        for base in BASELINES:
-            ref = next((r for r in rows if r["variant"] == base and r["batch"] == row["batch"]
-                        and "ms_per_step" in r), None)
-            if ref and "ms_per_step" in row:
-                row[f"speedup_vs_{base}"] = ref["ms_per_step"] / row["ms_per_step"]
+        if "ms_per_step" not in row:
+            continue
+        refs = {r["variant"]: r["ms_per_step"] for r in rows if r["variant"] in BASELINES
+                and r["batch"] == row["batch"] and "ms_per_step" in r}
+        for base, ms in refs.items():
+            row[f"speedup_vs_{base}"] = ms / row["ms_per_step"]
+        if refs:
+            row["best_stock"] = min(refs, key=refs.get)
+            row["speedup_vs_best_stock"] = refs[row["best_stock"]] / row["ms_per_step"]
 
 
 def plot(rows: list[dict], path) -> None:
@@ -200,6 +210,7 @@ def plot(rows: list[dict], path) -> None:
 
 TABLE = {"variant": "variant", "batch": "batch", "ms_per_step": "ms/step (median)",
          "speedup_vs_stock": "vs stock", "speedup_vs_stock+compile": "vs stock+compile",
+         "speedup_vs_best_stock": "vs best stock", "best_stock": "best stock",
          "warmup_s": "first step, s", "peak_mem_mb": "peak MB", "pct_peak":
          "% of peak FLOP/s"}
 

@@ -38,9 +38,12 @@ class DeferredTargetCheck:
 
 
 @contextlib.contextmanager
-def deferred_target_checks() -> Iterator[DeferredTargetCheck]:
-    """Within this block, out-of-range labeled targets set ``check.flag`` instead of raising."""
-    check = DeferredTargetCheck()
+def deferred_target_checks(check: DeferredTargetCheck | None = None
+                           ) -> Iterator[DeferredTargetCheck]:
+    """Within this block, out-of-range labeled targets set ``check.flag`` instead of raising.
+    ``check`` continues a given check (a replayed CUDA graph ORs into the flag it captured);
+    by default the block gets a new one."""
+    check = check if check is not None else DeferredTargetCheck()
     _active.append(check)
     try:
         yield check

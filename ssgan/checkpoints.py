@@ -40,8 +40,7 @@ def load(path: str | Path, hint: str = "give a run folder or its checkpoints/las
     that names it and says what was expected (``hint`` where there is none).
 
     Everything is loaded to the CPU: ``load_state_dict`` then moves weights and optimizer
-    moments to their parameters' devices while Adam's step counters stay on the CPU, as
-    PyTorch keeps them (device-side counters would cost a host sync per parameter per step)."""
+    state to their parameters' devices (the fused Adam keeps its step counters there too)."""
     file = resolve(path)
     if not file.is_file():
         raise ValueError(f"no checkpoint at {file}; {hint}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssgan.cuda_graph import CUDA_GRAPH_MODES
 from ssgan.data import DATASETS, LABEL_SELECTIONS, Dataset, default_location, load_dataset
 from ssgan.models import EVAL_BN_MODES
 from ssgan.kernels import BACKENDS
@@ -98,6 +99,9 @@ class TrainConfig:
                               "set, so it costs time")
     seed: int = setting(0, "random seed (labels, batches, noise, dropout)")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    cuda_graph: str = setting("auto", "auto: on a CUDA device, replay the whole training step "
+                              "from one CUDA graph (falls back to eager if capture fails); "
+                              "off: run it eagerly", choices=CUDA_GRAPH_MODES)
     kernels: str = setting("auto", "auto (Triton on CUDA, Inductor-compiled twins on CPU), "
                            "triton, inductor, or torch (the eager twins: the slow reference)",
                            choices=BACKENDS)
@@ -151,7 +155,7 @@ def validate(cfg: TrainConfig, data: Dataset) -> None:
     if cfg.labeled_batch_size < 0:
         raise ValueError(f"--labeled-batch-size must be >= 0, got {cfg.labeled_batch_size}")
     for name, choices in (("labeled_batch_terms", LABELED_BATCH_TERMS),
-                          ("lr_schedule", LR_SCHEDULES)):
+                          ("lr_schedule", LR_SCHEDULES), ("cuda_graph", CUDA_GRAPH_MODES)):
         if getattr(cfg, name) not in choices:
             raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, "
                              f"got {getattr(cfg, name)!r}")

@@ -20,23 +20,28 @@ class DevicePolicy:
     memory_format: the layout of the models' weights and feature maps. Images (D's input, G's
         output) stay channels-first everywhere: with 1 or 3 channels a channels-last image
         fills few lanes of a vector.
-    fused_adam: the optimizers use Adam's fused implementation (else PyTorch's default).
     subpixel_deconv: a transposed convolution with few output channels runs its forward as a
         convolution followed by ``pixel_shuffle`` (:mod:`ssgan.subpixel`).
+    lr_dtype: the dtype of the learning-rate tensor that every device's fused Adam reads (a
+        CUDA graph replays the kernel that reads it): CUDA's kernel reads float32; the CPU's
+        reads a double, so float64 there keeps a scheduled lr exact.
+    cuda_graph: ``--cuda-graph auto`` replays the training step from one CUDA graph.
     """
     memory_format: torch.memory_format
-    fused_adam: bool
     subpixel_deconv: bool
+    lr_dtype: torch.dtype
+    cuda_graph: bool
 
 
-# The CPU's entries were chosen by measurement on the CPU (docs/cpu-path.md); the GPU's keep
-# PyTorch's defaults until they are measured on a GPU (docs/gpu.md). BatchNorm is no entry:
-# every device runs ATen's batch norm before the fused op (ssgan.models.LeakyBlock).
+# The CPU's layout and sub-pixel entries were chosen by measurement on the CPU
+# (docs/cpu-path.md); the GPU's keep PyTorch's defaults until they are measured on a GPU
+# (docs/gpu.md). Not entries, because every device does the same: ATen's batch norm before the
+# fused op (ssgan.models.LeakyBlock), and Adam's fused implementation with a tensor lr.
 POLICIES: dict[str, DevicePolicy] = {
-    "cpu": DevicePolicy(memory_format=torch.channels_last, fused_adam=True,
-                        subpixel_deconv=True),
-    "cuda": DevicePolicy(memory_format=torch.contiguous_format, fused_adam=False,
-                         subpixel_deconv=False),
+    "cpu": DevicePolicy(memory_format=torch.channels_last, subpixel_deconv=True,
+                        lr_dtype=torch.float64, cuda_graph=False),
+    "cuda": DevicePolicy(memory_format=torch.contiguous_format, subpixel_deconv=False,
+                         lr_dtype=torch.float32, cuda_graph=True),
 }
 
 

@@ -4,6 +4,11 @@ Per step: draw a batch by an on-device permutation, sample z on the device, run 
 real and generated data once, and update both players simultaneously from that one forward pass
 (the notebook's recipe). Per epoch: evaluate, write a metrics row, a sample grid and a
 checkpoint. A resumed run continues bit-exactly on CPU.
+
+The step the loop runs is graph-ready on every device: it reads its batch indices and learning
+rate from fixed device buffers that the loop refills, draws every random number on the device
+from registered generators, and adds its losses into a fixed window buffer. On CUDA it is
+replayed from one CUDA graph (:mod:`ssgan.cuda_graph`); elsewhere it runs eagerly.
 """
 from __future__ import annotations
 
@@ -24,17 +29,20 @@ from ssgan.augment import random_translate
 from ssgan.averaging import WeightAverage
 from ssgan.config import TrainConfig, config_for, load_data, resolve_data_location, validate
 from ssgan.cpu_memory import keep_freed_memory
+from ssgan.cuda_graph import StepGraph
 from ssgan.data import Dataset, check_labels, select_labeled, to_unit_range
 from ssgan.devices import policy, resolve_device
 from ssgan.evaluation import accuracy, eval_batch_size, eval_bn_statistics
 from ssgan.losses import discriminator_loss, feature_matching_loss, prediction_entropy
 from ssgan.models import Discriminator, build_models
 
-__all__ = ["METRIC_FIELDS", "TrainConfig", "Trainer", "TrainingError", "config_for",
+__all__ = ["METRIC_FIELDS", "TrainConfig", "Trainer", "TrainingError", "adam", "config_for",
            "scheduled_lr", "simultaneous_update", "train"]
 
 METRIC_FIELDS = ["epoch", "lr", "d_loss", "g_loss", "supervised_loss", "train_accuracy",
                  "test_accuracy", "test_accuracy_no_ema", "step_ms", "epoch_s"]
+# what a step adds into the loop's window buffer, which the host reads every --refresh-every
+WINDOW_KEYS = ("d_loss", "g_loss", "supervised", "hits", "labeled")
 
 
 class TrainingError(RuntimeError):
@@ -53,6 +61,13 @@ def scheduled_lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
         return cfg.lr
     remaining = 1.0 - step / (cfg.epochs * steps_per_epoch)
     return cfg.lr * min(1.0, 2.0 * remaining)
+
+
+def adam(params, lr: torch.Tensor, beta1: float) -> torch.optim.Adam:
+    """Adam as the trainer runs it on every device: the fused implementation, reading its
+    learning rate from ``lr`` (a one-element tensor on the parameters' device, of
+    :attr:`ssgan.devices.DevicePolicy.lr_dtype`), which a CUDA graph's replays read anew."""
+    return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), fused=True)
 
 
 def simultaneous_update(d_loss: torch.Tensor, g_loss: torch.Tensor, d: torch.nn.Module,
@@ -90,9 +105,13 @@ class Trainer:
         self.train_labels = torch.full_like(self.data.train.labels, -1)
         self.train_labels[self.labeled_idx] = self.data.train.labels[self.labeled_idx]
         self.g, self.d = build_models(cfg, data, self.device)
-        betas, fused = (cfg.beta1, 0.999), policy(self.device).fused_adam
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=betas, fused=fused)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=betas, fused=fused)
+        # the graph-ready step's fixed buffers: the loop refills them between steps
+        self.lr = torch.tensor(cfg.lr, dtype=policy(self.device).lr_dtype, device=self.device)
+        self.lr_now = cfg.lr  # what self.lr holds, known on the host without a read
+        self.batch_idx = torch.zeros(cfg.batch_size, dtype=torch.int64, device=self.device)
+        self.window = torch.zeros(len(WINDOW_KEYS), device=self.device)
+        self.opt_d = adam(self.d.parameters(), self.lr, cfg.beta1)
+        self.opt_g = adam(self.g.parameters(), self.lr, cfg.beta1)
         # evaluation uses an exponential moving average of D's weights when --ema-decay > 0;
         # its BatchNorm buffers are averaged too (recalibrated evaluation re-estimates them)
         self.d_ema = WeightAverage(self.d, cfg.ema_decay) if cfg.ema_decay else None
@@ -128,8 +147,21 @@ class Trainer:
         ``--ema-decay``, D itself otherwise."""
         return self.d_ema.module if self.d_ema is not None else self.d
 
+    def graph_ready_step(self) -> None:
+        """One step on the fixed buffers: the batch ``batch_idx`` at the learning rate ``lr``,
+        its losses added into ``window``. This is what a CUDA graph captures and replays."""
+        losses = self.step(self.batch_idx)
+        self.window += torch.stack([losses[k].detach().float() for k in WINDOW_KEYS])
+
+    def set_lr(self, lr: float) -> None:
+        """Writes ``lr`` into the optimizers' learning-rate tensor when it changes."""
+        if lr != self.lr_now:
+            self.lr.fill_(lr)
+            self.lr_now = lr
+
     def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One simultaneous update of D and G; ``idx`` indexes the training set (on device)."""
+        """One simultaneous update of D and G; ``idx`` indexes the training set (on device).
+        The optimizers take their learning rate from their param groups."""
         cfg = self.cfg
         if cfg.supervised_only:
             return self._supervised_step(idx)
@@ -195,10 +227,15 @@ class Trainer:
                              "or choose another --name")
         (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         start = time.perf_counter()
-        with K.use_backend(cfg.kernels):
+        # created once per run: a captured graph keeps the addresses of what it touches
+        self.graph_step = StepGraph(self.graph_ready_step, self.device,
+                                    capture=cfg.cuda_graph == "auto"
+                                    and policy(self.device).cuda_graph,
+                                    generators=[self.batch_rng])
+        with K.use_backend(cfg.kernels), K.deferred_target_checks() as target_check:
             self._announce()
             while self.epoch < cfg.epochs:
-                self._train_epoch()
+                self._train_epoch(target_check)
         plots.accuracy_curves(self.history, self.run_dir / "accuracy.png",
                               title=f"{self.run_dir.name}: accuracy per epoch")
         self._summarize(time.perf_counter() - start)
@@ -227,6 +264,7 @@ class Trainer:
         tqdm.write(f"ssgan: {cfg.dataset} {len(data.train)} train images "
                    f"({self.labeled_idx.numel()} labeled, {data.num_classes} classes), {test} test"
                    f" | device {self.device}, kernels {kernels}"
+                   f"{', CUDA graph' if self.graph_step.capture else ''}"
                    f" | {len(data.train) // cfg.batch_size} steps/epoch, epochs "
                    f"{self.epoch + 1}..{cfg.epochs} | {self.run_dir}")
         self._warmup_pending = kernels != "torch"
@@ -235,7 +273,7 @@ class Trainer:
                        "(about a minute the first time; Inductor caches them in "
                        f"{_private_api.inductor_cache_dir()} for later runs)")
 
-    def _train_epoch(self) -> None:
+    def _train_epoch(self, target_check: K.DeferredTargetCheck) -> None:
         """One pass over the training set. The host reads the device every
         ``--refresh-every`` steps (and after the last): the summed losses of the window, for
         the progress bar and the non-finite check, and the target-range flag, in one read."""
@@ -244,38 +282,35 @@ class Trainer:
         self.d.train()
         steps = n // cfg.batch_size
         perm = torch.randperm(n, device=self.device, generator=self.batch_rng)
-        keys = ("d_loss", "g_loss", "supervised", "hits", "labeled")
-        window = torch.zeros(len(keys), device=self.device)
-        totals = dict.fromkeys(keys, 0.0)
+        window = self.window
+        window.zero_()
+        totals = dict.fromkeys(WINDOW_KEYS, 0.0)
         bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not cfg.progress)
         start = time.perf_counter()
         window_start = 0
-        with K.deferred_target_checks() as target_check:
-            for i in bar:
-                lr = scheduled_lr(cfg, self.epoch * steps + i, steps)
-                for group in (*self.opt_d.param_groups, *self.opt_g.param_groups):
-                    group["lr"] = lr
-                losses = self.step(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-                window += torch.stack([losses[k].detach().float() for k in keys])
-                if self._warmup_pending:
-                    self._warmup_pending = False
-                    tqdm.write(f"ssgan: first step took {time.perf_counter() - start:.1f} s "
-                               "(compilation included); the rest run at full speed")
-                if (i + 1) % cfg.refresh_every and i + 1 < steps:
-                    continue
-                *values, bad_target = torch.cat([window, target_check.flagged().to(
-                    window.device)]).tolist()
-                self._check_window(values[:3], bad_target, window_start + 1, i + 1)
-                for k, v in zip(keys, values):
-                    totals[k] += v
-                window.zero_()
-                window_start = i + 1
-                done = i + 1
-                bar.set_postfix(d=f"{totals['d_loss'] / done:.3f}",
-                                g=f"{totals['g_loss'] / done:.3f}",
-                                sup=f"{totals['supervised'] / done:.3f}",
-                                acc=f"{totals['hits'] / max(1.0, totals['labeled']):.3f}")
+        for i in bar:
+            self.set_lr(scheduled_lr(cfg, self.epoch * steps + i, steps))
+            self.batch_idx.copy_(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+            self.graph_step()
+            if self._warmup_pending:
+                self._warmup_pending = False
+                tqdm.write(f"ssgan: first step took {time.perf_counter() - start:.1f} s "
+                           "(compilation included); the rest run at full speed")
+            if (i + 1) % cfg.refresh_every and i + 1 < steps:
+                continue
+            *values, bad_target = torch.cat([window, target_check.flagged().to(
+                window.device)]).tolist()
+            self._check_window(values[:3], bad_target, window_start + 1, i + 1)
+            for k, v in zip(WINDOW_KEYS, values):
+                totals[k] += v
+            window.zero_()
+            window_start = i + 1
+            done = i + 1
+            bar.set_postfix(d=f"{totals['d_loss'] / done:.3f}",
+                            g=f"{totals['g_loss'] / done:.3f}",
+                            sup=f"{totals['supervised'] / done:.3f}",
+                            acc=f"{totals['hits'] / max(1.0, totals['labeled']):.3f}")
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         epoch_s = time.perf_counter() - start
@@ -302,7 +337,7 @@ class Trainer:
         after the last (NaN in between); with ``--ema-decay``, the last epoch also measures D
         without the average (``test_accuracy_no_ema``), to show what the average buys."""
         cfg, data = self.cfg, self.data
-        row = {"epoch": self.epoch, "lr": self.opt_d.param_groups[0]["lr"],
+        row = {"epoch": self.epoch, "lr": self.lr_now,
                "d_loss": sums["d_loss"] / steps, "g_loss": sums["g_loss"] / steps,
                "supervised_loss": sums["supervised"] / steps, "train_accuracy": math.nan,
                "test_accuracy": math.nan, "step_ms": 1000 * epoch_s / steps, "epoch_s": epoch_s}
@@ -371,6 +406,8 @@ class Trainer:
             self.d_ema.load_state_dict(state["discriminator_ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        for group in (*self.opt_d.param_groups, *self.opt_g.param_groups):
+            group["lr"] = self.lr  # loading replaced it with the saved value
         self.epoch, self.history = state["epoch"], state["history"]
         self.eval_buffers = state.get("eval_buffers")
         checkpoints.restore_rng_states(state, self.batch_rng)

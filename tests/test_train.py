@@ -70,6 +70,47 @@ IMPROVED_KNOBS = dict(augment_shift=2, ema_decay=0.9, lr_schedule="linear",
                      entropy_weight=0.1, unlabeled_weight=0.5, labeled_batch_size=8)
 
 
+@pytest.mark.parametrize("kernels", ["torch", "inductor"])
+def test_the_graph_ready_step_equals_the_ordinary_step_bit_for_bit(tmp_path, kernels):
+    """The trainer's loop (batch indices, a tensor lr and the loss window in fixed buffers,
+    every draw from the run's generators) against the ordinary step: ``Trainer.step`` on the
+    permutation's slices with a float lr written into Adam's param groups. The linear schedule
+    changes the lr at every step of the second half."""
+    steps, knobs = 6, {**IMPROVED_KNOBS, "batch_size": 8, "epochs": 1, "refresh_every": 4,
+                       "kernels": kernels}
+    data = tiny_dataset()
+    ready = T.Trainer(tiny_config(tmp_path / "ready", **knobs), data)
+    ready.fit()
+    cfg = tiny_config(tmp_path / "ordinary", **knobs)
+    ordinary = T.Trainer(cfg, data)
+    ordinary.opt_d, ordinary.opt_g = (
+        torch.optim.Adam(m.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), fused=True)
+        for m in (ordinary.d, ordinary.g))
+    perm = torch.randperm(len(data.train), generator=ordinary.batch_rng)
+    window, totals = torch.zeros(len(T.WINDOW_KEYS)), [0.0] * len(T.WINDOW_KEYS)
+    with K.use_backend(kernels), K.deferred_target_checks():
+        for i in range(steps):
+            for group in (*ordinary.opt_d.param_groups, *ordinary.opt_g.param_groups):
+                group["lr"] = T.scheduled_lr(cfg, i, steps)
+            losses = ordinary.step(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+            window += torch.stack([losses[k].detach().float() for k in T.WINDOW_KEYS])
+            if (i + 1) % cfg.refresh_every == 0 or i + 1 == steps:
+                totals = [t + v for t, v in zip(totals, window.tolist())]
+                window.zero_()
+    for a, b in ((ready.g, ordinary.g), (ready.d, ordinary.d),
+                 (ready.d_ema.module, ordinary.d_ema.module)):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name
+    for a, b in ((ready.opt_d, ordinary.opt_d), (ready.opt_g, ordinary.opt_g)):
+        for x, y in zip(a.state.values(), b.state.values()):
+            assert all(torch.equal(x[k], y[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    row = ready.history[0]
+    assert [row["d_loss"], row["g_loss"], row["supervised_loss"]] == [t / steps for t in
+                                                                      totals[:3]]
+    assert row["lr"] == T.scheduled_lr(cfg, steps - 1, steps) < cfg.lr
+    assert torch.equal(ready.batch_rng.get_state(), ordinary.batch_rng.get_state())
+
+
 @pytest.mark.training
 @pytest.mark.parametrize("knobs", [{}, IMPROVED_KNOBS], ids=["notebook", "improved-knobs"])
 def test_resume_equals_an_uninterrupted_run(tmp_path, knobs):
@@ -234,9 +275,8 @@ def test_unknown_labeled_batch_terms_is_a_clear_error(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="on a CPU every device is the CPU, "
                     "so the test cannot tell where the state went: it runs on a GPU machine")
 def test_resumed_optimizer_state_lives_where_pytorch_keeps_it(tmp_path):
-    """After --resume, Adam's moments sit on their parameters' device and its step counters on
-    the CPU, as in an uninterrupted run (on a GPU, counters moved there cost a host sync per
-    parameter per step)."""
+    """After --resume, Adam's moments and step counters sit on their parameters' device, as in
+    an uninterrupted run: the fused Adam (and a CUDA graph's replay of it) reads them there."""
     data = tiny_dataset()
     T.train(tiny_config(tmp_path, epochs=1, device=str(DEVICE)), data)
     trainer = T.Trainer(tiny_config(tmp_path, epochs=2, resume=True, device=str(DEVICE)), data)
@@ -244,8 +284,8 @@ def test_resumed_optimizer_state_lives_where_pytorch_keeps_it(tmp_path):
     for opt, model in ((trainer.opt_d, trainer.d), (trainer.opt_g, trainer.g)):
         for p in model.parameters():
             state = opt.state[p]
-            assert state["step"].device.type == "cpu"
-            assert state["exp_avg"].device == p.device == state["exp_avg_sq"].device
+            assert state["step"].device == state["exp_avg"].device == p.device
+            assert state["exp_avg_sq"].device == p.device
 
 
 def test_scheduled_lr():
@@ -301,13 +341,15 @@ def _in_dynamo_guard(frame) -> bool:
 @pytest.mark.parametrize("kernels", ["triton", "inductor"])
 def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch, kernels):
     """Host reads stop a GPU's queue: a step must make none. Every Tensor method that reads a
-    value is counted during one Trainer.step (with every improved-recipe knob on), except on
-    Adam's step counters, which PyTorch keeps on the CPU by design."""
+    value is counted during one graph-ready step, which is what a CUDA graph captures (with
+    every improved-recipe knob on), except on Adam's step counters, which PyTorch keeps on
+    the CPU for its non-fused implementations."""
     trainer = T.Trainer(tiny_config(tmp_path, kernels=kernels, device=device_for(kernels),
                                     **IMPROVED_KNOBS), tiny_dataset())
     idx = torch.arange(trainer.cfg.batch_size, device=trainer.device)
+    trainer.batch_idx.copy_(idx)
     with K.use_backend(kernels), K.deferred_target_checks():
-        trainer.step(idx)  # compiles, creates Adam's state
+        trainer.graph_ready_step()  # compiles, creates Adam's state
         counters = {id(s["step"]) for opt in (trainer.opt_d, trainer.opt_g)
                     for s in opt.state.values()}
         reads = []
@@ -319,7 +361,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatc
                     reads.append((_name, tuple(self.shape)))
                 return _original(self, *args, **kwargs)
             monkeypatch.setattr(torch.Tensor, name, counted)
-        trainer.step(idx)
+        trainer.graph_ready_step()  # what a CUDA graph captures
         monkeypatch.undo()
         assert K.backend_for(trainer.data.train.images) == (KERNEL_PATH if kernels == "triton"
                                                              else kernels)
