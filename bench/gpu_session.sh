@@ -6,10 +6,14 @@
 #   bash bench/gpu_session.sh bench   bench.kernels (fp32) and bench.train_step on CUDA
 #   bash bench/gpu_session.sh profile where the eager step's host time goes (bench.host_profile)
 #   bash bench/gpu_session.sh diagnose  each step variant alone, memcheck, the kernel tests
+#   bash bench/gpu_session.sh graph   the CUDA-graph check in one call: bench.train_step at batch
+#                                    128 and 512 with every variant, the CUDA-graph and trainer
+#                                    tests, and a timed 3-epoch ssgan train with and without
+#                                    --cuda-graph (each part under its own timeout, 9 minutes in all)
 # Everything lands under $OUT (default /tmp/gpu-out); results are packed into one tarball,
 # because the device tool returns at most eight files.
 set -uo pipefail
-stage=${1:?usage: gpu_session.sh test|bench|profile|diagnose}
+stage=${1:?usage: gpu_session.sh test|bench|profile|diagnose|graph}
 out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -47,6 +51,24 @@ case $stage in
     timeout 250 python3 -m bench.train_step --device cuda --out "$res/train-step" \
       > "$out/bench-train-step.txt" 2>&1; echo "bench.train_step exit $?"
     tail -15 "$out/bench-kernels.txt"; tail -15 "$out/bench-train-step.txt"
+    tar -czf "$out/gpu-results.tar.gz" -C "$res" .
+    ;;
+  graph)
+    res=$out/results; mkdir -p "$res"
+    timeout 240 python3 -m bench.train_step --device cuda --batches 128 512 \
+      --out "$res/train-step" > "$out/bench-train-step.txt" 2>&1
+    echo "bench.train_step exit $?"; tail -20 "$out/bench-train-step.txt"
+    timeout 120 python3 -m pytest "$repo/tests/test_cuda_graph.py" "$repo/tests/test_train.py" \
+      -m "" -v --tb=short -c "$repo/pytest.ini" --rootdir "$repo" -n 8 -p no:cacheprovider \
+      > "$out/pytest-cuda-graph.txt" 2>&1
+    echo "pytest exit $?"; grep -E "FAILED|ERROR|passed|failed" "$out/pytest-cuda-graph.txt" | tail
+    for mode in auto off; do
+      /usr/bin/time -f "wall %e s" timeout 100 python3 -m ssgan train --epochs 3 --no-progress \
+        --cuda-graph $mode --out-dir "$res/train-3-epochs" --name "cuda-graph-$mode" \
+        > "$out/train-cuda-graph-$mode.txt" 2>&1
+      echo "ssgan train --cuda-graph $mode exit $?"; tail -3 "$out/train-cuda-graph-$mode.txt"
+    done
+    rm -f "$res"/train-3-epochs/*/checkpoints/*.pt
     tar -czf "$out/gpu-results.tar.gz" -C "$res" .
     ;;
   profile)

@@ -77,6 +77,20 @@ def rng_states(device: torch.device, batch_rng: torch.Generator) -> dict[str, An
             "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
 
 
+def default_rng_states(device: torch.device) -> tuple:
+    """This process's default generators: the CPU's, and on CUDA its own GPU's (a rank that
+    touched every GPU's generator would open a context on each)."""
+    return (torch.get_rng_state(),
+            torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def restore_default_rng_states(states: tuple, device: torch.device) -> None:
+    """Puts back what :func:`default_rng_states` returned."""
+    torch.set_rng_state(states[0])
+    if states[1] is not None:
+        torch.cuda.set_rng_state(states[1], device)
+
+
 def restore_rng_states(state: dict[str, Any], batch_rng: torch.Generator) -> None:
     """Puts back what :func:`rng_states` saved."""
     torch.set_rng_state(state["rng_cpu"])

@@ -12,7 +12,7 @@ import torch
 
 import ssgan.kernels as K
 from ssgan import __version__, plots
-from ssgan import checkpoints
+from ssgan import checkpoints, distributed
 from ssgan.config import RECIPES, TrainConfig, config_for
 from ssgan.data import DataError
 from ssgan.devices import resolve_device
@@ -65,7 +65,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    Trainer(cfg).fit()  # ends with the one-line summary; summary.json holds it for scripts
+    try:
+        Trainer(cfg).fit()  # ends with the one-line summary; summary.json holds it for scripts
+    except RuntimeError as err:
+        group = distributed.current()
+        if not group.active:
+            raise
+        # under torchrun, most often a collective whose peer died: one line, not a traceback
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TrainingError(f"rank {group.rank} of {group.world} stopped: {reason}. If another "
+                            "process died, this one stopped with it; the last finished epoch's "
+                            "checkpoint is kept (restart with --resume, or launch with "
+                            "torchrun --max-restarts=K to restart by itself)") from None
+    finally:
+        distributed.leave()  # under torchrun: the process group's resources
     return 0
 
 

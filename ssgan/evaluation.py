@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ssgan import checkpoints
+from ssgan import checkpoints, distributed
 from ssgan.config import TrainConfig, load_data
 from ssgan.data import to_unit_range
 from ssgan.devices import resolve_device
@@ -30,13 +30,14 @@ def eval_bn_statistics(d: Discriminator, cfg: TrainConfig,
     ``--eval-bn recalibrated`` re-estimates D's statistics on all real training images (uint8
     (N, C, H, W)) with dropout off, then restores the training-time running statistics, so
     that checkpoints (and ``ssgan eval --eval-bn running``) keep them. A no-op for the other
-    modes."""
+    modes. Across torchrun's ranks each rank passes its shard of every batch, and the
+    BatchNorm sums the ranks' statistics, so every rank gets the one-process estimate."""
     if cfg.eval_bn != "recalibrated":
         yield
         return
     saved = {name: buf.clone() for name, buf in d.named_buffers()}
-    bs = cfg.eval_batch_size
-    d.recalibrate_bn(to_unit_range(train_images[i:i + bs])
+    bs, group = cfg.eval_batch_size, distributed.current()
+    d.recalibrate_bn(to_unit_range(group.shard(train_images[i:i + bs]))
                      for i in range(0, train_images.shape[0], bs))
     try:
         yield
@@ -50,16 +51,20 @@ def eval_bn_statistics(d: Discriminator, cfg: TrainConfig,
 def accuracy(d: Discriminator, images: torch.Tensor, labels: torch.Tensor,
              batch_size: int, num_classes: int) -> float:
     """Top-1 accuracy of D's real-class logits (dropout off); images uint8 (N, C, H, W),
-    labels int64 (N,)."""
+    labels int64 (N,). Across torchrun's ranks each rank scores its shard of every batch and
+    the counts are summed, so every rank returns the accuracy on all ``images``."""
     was_training = d.training
     d.eval()
+    group = distributed.current()
     correct = torch.zeros((), dtype=torch.int64, device=images.device)
     for start in range(0, images.shape[0], batch_size):
-        logits, _, _ = d(to_unit_range(images[start:start + batch_size]))
+        batch = group.rows(min(batch_size, images.shape[0] - start))
+        rows = slice(start + batch.start, start + batch.stop)
+        logits, _, _ = d(to_unit_range(images[rows]))
         pred = logits[:, :num_classes].argmax(1)
-        correct += (pred == labels[start:start + batch_size]).sum()
+        correct += (pred == labels[rows]).sum()
     d.train(was_training)
-    return correct.item() / max(1, images.shape[0])
+    return group.sum_(correct).item() / max(1, images.shape[0])
 
 
 def evaluate_checkpoint(path: str | Path, *, device: str = "auto",

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ssgan.kernels as K
+from ssgan import distributed
 from ssgan.devices import policy
 from ssgan.subpixel import deconv
 
@@ -27,7 +28,9 @@ EVAL_BN_MODES = ("running", "recalibrated", "batch")
 class BatchNorm(nn.BatchNorm2d):
     """A BatchNorm2d whose running statistics a call may leave alone (``update_stats=False``,
     for generated batches), and which ``use_batch_stats`` makes use batch statistics at
-    evaluation too (the notebook's behaviour). It runs as ATen's batch norm on every device."""
+    evaluation too (the notebook's behaviour). It runs as ATen's batch norm on every device;
+    across torchrun's ranks, batch statistics are those of the global batch
+    (:func:`ssgan.distributed.synced_batch_norm`)."""
 
     def __init__(self, channels: int):
         super().__init__(channels, eps=BN_EPS)
@@ -43,6 +46,9 @@ class BatchNorm(nn.BatchNorm2d):
             # momentum None means a cumulative average, as in nn.BatchNorm2d
             weight = (1.0 / self.num_batches_tracked.item() if self.momentum is None
                       else self.momentum)
+        if batch_stats and distributed.current().active:
+            return distributed.synced_batch_norm(x, self.weight, self.bias, self.running_mean,
+                                                 self.running_var, weight, self.eps, track)
         running = ((self.running_mean, self.running_var) if track or not batch_stats
                    else (None, None))
         return F.batch_norm(x, *running, self.weight, self.bias, batch_stats, weight, self.eps)

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 import ssgan.kernels as K
-from ssgan import checkpoints, plots
+from ssgan import checkpoints, distributed, plots
 from ssgan.kernels import _private_api
 from ssgan.augment import random_translate
 from ssgan.averaging import WeightAverage
@@ -72,13 +72,16 @@ def adam(params, lr: torch.Tensor, beta1: float) -> torch.optim.Adam:
 
 def simultaneous_update(d_loss: torch.Tensor, g_loss: torch.Tensor, d: torch.nn.Module,
                         g: torch.nn.Module, opt_d: torch.optim.Optimizer,
-                        opt_g: torch.optim.Optimizer) -> None:
+                        opt_g: torch.optim.Optimizer,
+                        group: distributed.Group | None = None) -> None:
     """Both players' gradients from one forward pass, then both optimizer steps (the
     notebook's update). ``torch.autograd.grad`` keeps each loss's gradient off the other
-    player's parameters."""
+    player's parameters (and out of DDP's sight, so ``group`` averages them explicitly)."""
     d_params, g_params = list(d.parameters()), list(g.parameters())
     d_grads = torch.autograd.grad(d_loss, d_params, retain_graph=True)
     g_grads = torch.autograd.grad(g_loss, g_params)
+    if group is not None:
+        group.average_([*d_grads, *g_grads])
     for params, grads in ((d_params, d_grads), (g_params, g_grads)):
         for p, grad in zip(params, grads):
             p.grad = grad
@@ -91,11 +94,12 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, data: Dataset | None = None):
         cfg = self.cfg = resolve_data_location(cfg)
-        self.device = resolve_device(cfg.device)
+        self.group, self.device = distributed.init_from_env(resolve_device(cfg.device))
         if self.device.type == "cpu":
             keep_freed_memory()
         data = data or load_data(cfg, download=cfg.download)
         validate(cfg, data)
+        distributed.validate_batches(self.group, cfg.batch_size, cfg.labeled_batch_size)
         check_labels(data)
         torch.manual_seed(cfg.seed)
         self.data = data.to(self.device)
@@ -105,10 +109,13 @@ class Trainer:
         self.train_labels = torch.full_like(self.data.train.labels, -1)
         self.train_labels[self.labeled_idx] = self.data.train.labels[self.labeled_idx]
         self.g, self.d = build_models(cfg, data, self.device)
+        # the ranks' weights start equal; their dropout masks are their own
+        distributed.seed_noise(self.group, cfg.seed)
         # the graph-ready step's fixed buffers: the loop refills them between steps
         self.lr = torch.tensor(cfg.lr, dtype=policy(self.device).lr_dtype, device=self.device)
         self.lr_now = cfg.lr  # what self.lr holds, known on the host without a read
-        self.batch_idx = torch.zeros(cfg.batch_size, dtype=torch.int64, device=self.device)
+        self.batch_idx = torch.zeros(cfg.batch_size // self.group.world, dtype=torch.int64,
+                                     device=self.device)
         self.window = torch.zeros(len(WINDOW_KEYS), device=self.device)
         self.opt_d = adam(self.d.parameters(), self.lr, cfg.beta1)
         self.opt_g = adam(self.g.parameters(), self.lr, cfg.beta1)
@@ -126,19 +133,25 @@ class Trainer:
         self.run_dir = cfg.run_dir()
 
     # ------------------------------------------------------------ one step
+    # The draws below are of the global batch, from the generator every rank shares; each rank
+    # keeps its shard, so N ranks see exactly what one process sees.
     def _sample_z(self, n: int) -> torch.Tensor:
-        return torch.rand(n, self.cfg.z_dim, device=self.device, generator=self.batch_rng) * 2 - 1
+        """This rank's shard of ``n`` noise vectors."""
+        return self.group.shard(torch.rand(n, self.cfg.z_dim, device=self.device,
+                                           generator=self.batch_rng) * 2 - 1)
 
     def _labeled_batch(self, n: int) -> torch.Tensor:
+        """This rank's shard of ``n`` labeled training indices, drawn with replacement."""
         pick = torch.randint(0, self.labeled_idx.numel(), (n,), device=self.device,
                              generator=self.batch_rng)
-        return self.labeled_idx[pick]
+        return self.labeled_idx[self.group.shard(pick)]
 
     def _real_images(self, idx: torch.Tensor) -> torch.Tensor:
-        """Training images ``idx``, augmented with ``--augment-shift``, as float in [-1, 1],
-        channels-first like every image tensor (see :class:`ssgan.devices.DevicePolicy`)."""
+        """Training images ``idx`` (this rank's shard), augmented with ``--augment-shift``, as
+        float in [-1, 1], channels-first like every image tensor (see
+        :class:`ssgan.devices.DevicePolicy`)."""
         images = random_translate(self.data.train.images[idx], self.cfg.augment_shift,
-                                  self.batch_rng)
+                                  self.batch_rng, self.group if self.group.active else None)
         return to_unit_range(images)
 
     @property
@@ -178,15 +191,16 @@ class Trainer:
             # Improved GAN: the labeled batch passes through D for the supervised term alone
             class_sup, _, _ = self.d(self._real_images(extra), update_stats=False)
             labels_sup = self.train_labels[extra]
-        losses = discriminator_loss(class_sup, gan_real, gan_fake, labels_sup, labels_sup >= 0,
-                                    cfg.unlabeled_weight)
+        labeled = labels_sup >= 0
+        losses = discriminator_loss(class_sup, gan_real, gan_fake, labels_sup, labeled,
+                                    cfg.unlabeled_weight, self.group.labeled_share(labeled))
         if cfg.entropy_weight:
             losses["entropy"] = prediction_entropy(class_real, self.data.num_classes)
             losses["d_loss"] = losses["d_loss"] + cfg.entropy_weight * losses["entropy"]
-        losses["g_loss"] = feature_matching_loss(feat_real, feat_fake)
+        losses["g_loss"] = feature_matching_loss(feat_real, feat_fake, self.group.batch_mean)
         losses.update(self._batch_hits(class_sup, labels_sup))
         simultaneous_update(losses["d_loss"], losses["g_loss"], self.d, self.g, self.opt_d,
-                            self.opt_g)
+                            self.opt_g, self.group if self.group.active else None)
         if self.d_ema is not None:
             self.d_ema.update(self.d)
         return losses
@@ -197,8 +211,11 @@ class Trainer:
         labels = self.train_labels[idx]
         class_real, _, _ = self.d(self._real_images(idx))
         loss = K.masked_cross_entropy(class_real, labels, labels >= 0)
+        share = self.group.labeled_share(labels >= 0)
+        loss = loss * share if share is not None else loss
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
+        self.group.average_([p.grad for p in self.d.parameters() if p.grad is not None])
         self.opt_d.step()
         if self.d_ema is not None:
             self.d_ema.update(self.d)
@@ -218,14 +235,21 @@ class Trainer:
     def fit(self) -> list[dict]:
         """Trains to ``cfg.epochs`` (continuing from a checkpoint with ``resume``); returns the
         metrics of every epoch."""
-        cfg = self.cfg
+        cfg, main = self.cfg, self.group.is_main
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.resume:
+        # a group that torchrun restarted after a failure continues from the last checkpoint
+        restarted = distributed.restarted_by_torchrun()
+        if cfg.resume or (restarted and (self.run_dir / checkpoints.LAST).exists()):
             self.load_checkpoint(self.run_dir / checkpoints.LAST)
+        elif restarted:  # before its first checkpoint: a fresh start
+            if main:
+                (self.run_dir / "metrics.csv").unlink(missing_ok=True)
         elif (self.run_dir / "metrics.csv").exists():
             raise ValueError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
                              "or choose another --name")
-        (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        if main:
+            (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg),
+                                                                 indent=2))
         start = time.perf_counter()
         # created once per run: a captured graph keeps the addresses of what it touches
         self.graph_step = StepGraph(self.graph_ready_step, self.device,
@@ -236,10 +260,16 @@ class Trainer:
             self._announce()
             while self.epoch < cfg.epochs:
                 self._train_epoch(target_check)
-        plots.accuracy_curves(self.history, self.run_dir / "accuracy.png",
-                              title=f"{self.run_dir.name}: accuracy per epoch")
-        self._summarize(time.perf_counter() - start)
+        if main:
+            plots.accuracy_curves(self.history, self.run_dir / "accuracy.png",
+                                  title=f"{self.run_dir.name}: accuracy per epoch")
+            self._summarize(time.perf_counter() - start)
         return self.history
+
+    def _say(self, line: str) -> None:
+        """Prints ``line`` on rank 0 (every rank computes the same figures)."""
+        if self.group.is_main:
+            tqdm.write(line)
 
     def _summarize(self, wall_s: float) -> None:
         """Writes ``summary.json`` and prints the run's one-line summary."""
@@ -252,26 +282,28 @@ class Trainer:
                    "train_accuracy": last["train_accuracy"], "wall_s": round(wall_s, 1),
                    "plots": [str(p) for p in plot_paths]}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        tqdm.write(f"ssgan: done: test accuracy {100 * last['test_accuracy']:.2f}% after "
-                   f"{last['epoch']} epochs, {wall_s / 60:.1f} min | run {self.run_dir} | "
-                   f"plots {', '.join(summary['plots'])}")
+        self._say(f"ssgan: done: test accuracy {100 * last['test_accuracy']:.2f}% after "
+                  f"{last['epoch']} epochs, {wall_s / 60:.1f} min | run {self.run_dir} | "
+                  f"plots {', '.join(summary['plots'])}")
 
     def _announce(self) -> None:
         """One line saying what is about to run, so a user can catch a wrong setup early."""
         data, cfg = self.data, self.cfg
         test = len(data.test) if data.test is not None else 0
         kernels = K.backend_for(data.train.images)
-        tqdm.write(f"ssgan: {cfg.dataset} {len(data.train)} train images "
-                   f"({self.labeled_idx.numel()} labeled, {data.num_classes} classes), {test} test"
-                   f" | device {self.device}, kernels {kernels}"
-                   f"{', CUDA graph' if self.graph_step.capture else ''}"
-                   f" | {len(data.train) // cfg.batch_size} steps/epoch, epochs "
-                   f"{self.epoch + 1}..{cfg.epochs} | {self.run_dir}")
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        ranks = f", {self.group.world} processes ({backend})" if self.group.active else ""
+        self._say(f"ssgan: {cfg.dataset} {len(data.train)} train images "
+                  f"({self.labeled_idx.numel()} labeled, {data.num_classes} classes), {test} test"
+                  f" | device {self.device}, kernels {kernels}"
+                  f"{', CUDA graph' if self.graph_step.capture else ''}{ranks}"
+                  f" | {len(data.train) // cfg.batch_size} steps/epoch, epochs "
+                  f"{self.epoch + 1}..{cfg.epochs} | {self.run_dir}")
         self._warmup_pending = kernels != "torch"
         if kernels == "inductor":
-            tqdm.write("ssgan: the first steps compile the CPU kernels with Inductor "
-                       "(about a minute the first time; Inductor caches them in "
-                       f"{_private_api.inductor_cache_dir()} for later runs)")
+            self._say("ssgan: the first steps compile the CPU kernels with Inductor "
+                      "(about a minute the first time; Inductor caches them in "
+                      f"{_private_api.inductor_cache_dir()} for later runs)")
 
     def _train_epoch(self, target_check: K.DeferredTargetCheck) -> None:
         """One pass over the training set. The host reads the device every
@@ -281,26 +313,29 @@ class Trainer:
         self.g.train()
         self.d.train()
         steps = n // cfg.batch_size
-        perm = torch.randperm(n, device=self.device, generator=self.batch_rng)
+        perm = torch.randperm(n, device=self.device, generator=self.batch_rng)  # every rank's
         window = self.window
         window.zero_()
         totals = dict.fromkeys(WINDOW_KEYS, 0.0)
         bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not cfg.progress)
+                   disable=not cfg.progress or not self.group.is_main)
         start = time.perf_counter()
         window_start = 0
         for i in bar:
             self.set_lr(scheduled_lr(cfg, self.epoch * steps + i, steps))
-            self.batch_idx.copy_(perm[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+            self.batch_idx.copy_(self.group.shard(perm[i * cfg.batch_size:
+                                                       (i + 1) * cfg.batch_size]))
             self.graph_step()
             if self._warmup_pending:
                 self._warmup_pending = False
-                tqdm.write(f"ssgan: first step took {time.perf_counter() - start:.1f} s "
-                           "(compilation included); the rest run at full speed")
+                self._say(f"ssgan: first step took {time.perf_counter() - start:.1f} s "
+                          "(compilation included); the rest run at full speed")
             if (i + 1) % cfg.refresh_every and i + 1 < steps:
                 continue
-            *values, bad_target = torch.cat([window, target_check.flagged().to(
-                window.device)]).tolist()
+            # summed over the ranks: each rank's losses are means over its shard
+            *values, bad_target = self.group.sum_(torch.cat([window, target_check.flagged().to(
+                window.device)])).tolist()
+            values[:3] = [v / self.group.world for v in values[:3]]
             self._check_window(values[:3], bad_target, window_start + 1, i + 1)
             for k, v in zip(WINDOW_KEYS, values):
                 totals[k] += v
@@ -353,9 +388,9 @@ class Trainer:
             if last and self.d_ema is not None:
                 with eval_bn_statistics(self.d, cfg, data.train.images):
                     row["test_accuracy_no_ema"] = self._test_accuracy(self.d)
-        tqdm.write(f"epoch {self.epoch}/{cfg.epochs}  train acc {row['train_accuracy']:.4f}  "
-                   f"test acc {row['test_accuracy']:.4f}  d {row['d_loss']:.4f}  "
-                   f"g {row['g_loss']:.4f}  {row['step_ms']:.1f} ms/step  {epoch_s:.1f} s")
+        self._say(f"epoch {self.epoch}/{cfg.epochs}  train acc {row['train_accuracy']:.4f}  "
+                  f"test acc {row['test_accuracy']:.4f}  d {row['d_loss']:.4f}  "
+                  f"g {row['g_loss']:.4f}  {row['step_ms']:.1f} ms/step  {epoch_s:.1f} s")
         return row
 
     def _test_accuracy(self, d: Discriminator) -> float:
@@ -369,6 +404,9 @@ class Trainer:
         """Appends the metrics row, writes the sample grid and then the checkpoint, so a
         checkpoint never refers to an epoch whose outputs are missing."""
         self.history.append(row)
+        rng_ranks = distributed.gather_objects(checkpoints.default_rng_states(self.device))
+        if not self.group.is_main:
+            return
         path = self.run_dir / "metrics.csv"
         new = not path.exists()
         with open(path, "a", newline="") as f:
@@ -382,10 +420,12 @@ class Trainer:
                 samples = self.g(self.fixed_z)
             self.g.train()
             plots.image_grid(samples, self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png")
-        self.save_checkpoint(self.run_dir / checkpoints.LAST)
+        self.save_checkpoint(self.run_dir / checkpoints.LAST, rng_ranks)
 
     # ------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, path: Path) -> None:
+    def save_checkpoint(self, path: Path, rng_ranks: list | None = None) -> None:
+        """Writes the run's state; ``rng_ranks`` holds every rank's default generators
+        (:func:`ssgan.checkpoints.default_rng_states`, in rank order) in a torchrun run."""
         checkpoints.save({
             "epoch": self.epoch, "config": dataclasses.asdict(self.cfg),
             "generator": self.g.state_dict(), "discriminator": self.d.state_dict(),
@@ -395,11 +435,14 @@ class Trainer:
             "class_names": self.data.class_names, "channels": self.data.channels,
             "image_size": self.data.image_size,
             **({"eval_buffers": self.eval_buffers} if self.eval_buffers is not None else {}),
-            **checkpoints.rng_states(self.device, self.batch_rng)}, path)
+            **checkpoints.rng_states(self.device, self.batch_rng),
+            "world_size": self.group.world, "rng_ranks": rng_ranks or []}, path)
 
     def load_checkpoint(self, path: Path) -> None:
-        state = checkpoints.load(path, hint="start without --resume, or give the "
-                                 "--name/--out-dir of the run to continue")
+        hint = "start without --resume, or give the --name/--out-dir of the run to continue"
+        # rank 0 reads the file and sends it: the ranks of several nodes share no disk
+        state = distributed.broadcast_object(checkpoints.load(path, hint=hint)
+                                             if self.group.is_main else None)
         self.g.load_state_dict(state["generator"])
         self.d.load_state_dict(state["discriminator"])
         if self.d_ema is not None:
@@ -411,7 +454,26 @@ class Trainer:
         self.epoch, self.history = state["epoch"], state["history"]
         self.eval_buffers = state.get("eval_buffers")
         checkpoints.restore_rng_states(state, self.batch_rng)
-        self._truncate_metrics()
+        self._restore_noise(state)
+        if self.group.is_main:
+            self._truncate_metrics()
+
+    def _restore_noise(self, state: dict) -> None:
+        """Each rank's dropout generators from a checkpoint of as many ranks; from another
+        number of ranks, the shared draws continue exactly and the dropout noise is reseeded
+        from the seed, the rank and the epoch."""
+        saved = state.get("world_size", 1)
+        if saved == self.group.world:
+            if self.group.active:
+                checkpoints.restore_default_rng_states(state["rng_ranks"][self.group.rank],
+                                                       self.device)
+            return
+        if self.group.active:
+            torch.manual_seed(self.cfg.seed + distributed.NOISE_SEED_STRIDE * self.group.rank
+                              + self.epoch)
+        self._say(f"ssgan: resuming a checkpoint of {saved} process(es) on "
+                  f"{self.group.world}: batches, z, labeled picks and shifts continue exactly;"
+                  " dropout masks are drawn anew")
 
     def _truncate_metrics(self) -> None:
         """Drops metrics rows written after the checkpoint (a run killed mid-record)."""

@@ -1,0 +1,230 @@
+"""Data-parallel training across processes (ssgan.distributed), on the CPU with gloo: two ranks
+with the global batch B against one process with B, and real torchrun runs of ``ssgan train``
+(outputs, resume, a killed worker)."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import ssgan.train as T
+from ssgan import distributed
+from ssgan.distributed import Group
+from test_train import IMPROVED_KNOBS, TIMING, read_metrics, tiny_config, tiny_dataset
+
+pytestmark = pytest.mark.subprocess
+
+# Dropout off (its masks are drawn per rank); augmentation stays on: its shifts are drawn for
+# the global batch, so two ranks shift as one process does.
+KNOBS = {**IMPROVED_KNOBS, "drop_rate": 0.0, "epochs": 2, "batch_size": 16}
+STEPS = 2 * 48 // 16
+# A bias that feeds a training-mode BatchNorm has a gradient of zero in exact arithmetic: BN
+# subtracts it again. Adam scales the rounding noise left in its place to steps of up to lr,
+# so these biases (and the running means they shift) differ between any two summation orders,
+# one process included; they change nothing downstream, which the forward check below shows.
+NOISE_DRIVEN = ("dense.bias", "deconv1.bias", "deconv2.bias", "act0.bn.running_mean",
+                "act1.bn.running_mean", "act2.bn.running_mean", "conv3.bias", "conv4.bias",
+                "conv5.bias", "act3.bn.running_mean", "act4.bn.running_mean",
+                "act5.bn.running_mean")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, out: str, broken: str, overrides: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    if broken == "gradients":
+        Group.average_ = lambda self, grads: None
+    elif broken == "batch_norm":  # every rank normalises with its own shard's statistics
+        import ssgan.models
+        ssgan.models.distributed = type("Local", (), {"current": staticmethod(Group)})
+    trainer = T.Trainer(tiny_config(Path(out), **{**KNOBS, **overrides}), tiny_dataset())
+    trainer.fit()
+    (Path(out) / f"captured-{rank}").write_text(str(trainer.graph_step.captured))
+    distributed.leave()
+
+
+def one_process_run(out: Path, **overrides) -> dict:
+    T.Trainer(tiny_config(out, **{**KNOBS, **overrides}), tiny_dataset()).fit()
+    return torch.load(out / "run" / "checkpoints" / "last.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    return one_process_run(tmp_path_factory.mktemp("one"))
+
+
+def two_ranks(out: Path, broken: str = "", **overrides) -> dict:
+    mp.spawn(_rank, args=(2, free_port(), str(out), broken, overrides), nprocs=2)
+    return torch.load(out / "run" / "checkpoints" / "last.pt", weights_only=True)
+
+
+def forward(state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """G's images and D's logits on fixed inputs with the run's weights, training-mode BN."""
+    trainer = T.Trainer(tiny_config(Path("/nonexistent"), **KNOBS), tiny_dataset())
+    trainer.g.load_state_dict(state["generator"])
+    trainer.d.load_state_dict(state["discriminator"])
+    z = torch.rand(16, trainer.cfg.z_dim, generator=torch.Generator().manual_seed(1))
+    images = trainer.g(z)
+    return images, trainer.d(images)[0]
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """Weights and BatchNorm buffers of both players where the runs differ beyond fp32
+    rounding (the noise-driven ones: beyond Adam's step bound)."""
+    bad = []
+    for key in ("generator", "discriminator", "discriminator_ema"):
+        for name, x in a[key].items():
+            if not x.is_floating_point():
+                continue
+            if name in NOISE_DRIVEN:
+                if (x - b[key][name]).abs().max() > 2 * STEPS * KNOBS.get("lr", 1e-3):
+                    bad.append(f"{key}.{name}")
+            elif not torch.allclose(x, b[key][name], rtol=1e-5, atol=1e-6):
+                bad.append(f"{key}.{name}")
+    return bad
+
+
+def test_two_ranks_with_the_global_batch_equal_one_process(one_process, tmp_path):
+    two = two_ranks(tmp_path)
+    assert differences(one_process, two) == []
+    for x, y in zip(forward(one_process), forward(two)):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    for a, b in zip(one_process["history"], two["history"]):
+        for key in ("d_loss", "g_loss", "supervised_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    assert two["world_size"] == 2 and len(two["rng_ranks"]) == 2
+
+
+@pytest.mark.parametrize("broken", ["gradients", "batch_norm"])
+def test_without_its_synchronisation_two_ranks_differ(one_process, tmp_path, broken):
+    """The equivalence above fails when either synchronisation is taken out."""
+    assert len(differences(one_process, two_ranks(tmp_path, broken))) > 10
+
+
+# ------------------------------------------------------------------ torchrun, the CLI
+TINY = ["--epochs", "3", "--d-size-mult", "4", "--g-size-mult", "4", "--z-dim", "8",
+        "--batch-size", "64", "--eval-every", "1", "--kernels", "torch", "--no-progress",
+        "--labels", "20", "--eval-batch-size", "2000"]
+
+
+def torchrun(*args: str, restarts: int = 0) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node=2", f"--max-restarts={restarts}", "-m", "ssgan", "train",
+            *args]
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def comparable_rows(run_dir: Path) -> list[dict]:
+    """Metrics rows without timings, and without the accuracy without the weight average,
+    which only a run's last epoch measures (a run that ends at epoch 2 measures it there)."""
+    return [{k: v for k, v in r.items() if k not in {*TIMING, "test_accuracy_no_ema"}}
+            for r in read_metrics(run_dir / "metrics.csv")]
+
+
+def test_a_torchrun_run_writes_one_set_of_outputs_and_resumes_exactly(tmp_path):
+    full = run(torchrun(*TINY, "--out-dir", str(tmp_path), "--name", "full"))
+    assert full.returncode == 0, full.stderr[-2000:]
+    out = full.stdout + full.stderr
+    assert out.count("ssgan: done") == 1 and out.count("epoch 3/3") == 1
+    assert "2 processes (gloo)" in out
+    run_dir = tmp_path / "full"
+    assert [r["epoch"] for r in read_metrics(run_dir / "metrics.csv")] == ["1", "2", "3"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == [
+        "epoch_001.png", "epoch_002.png", "epoch_003.png"]
+    assert (run_dir / "accuracy.png").is_file() and (run_dir / "summary.json").is_file()
+
+    part = [*TINY, "--out-dir", str(tmp_path), "--name", "part"]
+    first = run(torchrun(*[a if a != "3" else "2" for a in part]))  # --epochs 2
+    assert first.returncode == 0, first.stderr[-2000:]
+    resumed = run(torchrun(*part, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert comparable_rows(tmp_path / "part") == comparable_rows(run_dir)
+    resumed_state, full_state = (torch.load(d / "checkpoints" / "last.pt", weights_only=True)
+                                 for d in (tmp_path / "part", run_dir))
+    for key in ("generator", "discriminator", "discriminator_ema"):
+        for name, x in full_state[key].items():
+            assert torch.equal(x, resumed_state[key][name]), name
+
+    # a 2-process checkpoint resumes on one process, and says what changes
+    one = run([sys.executable, "-m", "ssgan", "train", *part[:1], "4", *part[2:], "--resume"])
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert "resuming a checkpoint of 2 process(es) on 1" in one.stdout + one.stderr
+    assert [r["epoch"] for r in read_metrics(tmp_path / "part" / "metrics.csv")] == [
+        "1", "2", "3", "4"]
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def kill_a_worker_after_the_first_checkpoint(cmd: list[str], run_dir: Path
+                                             ) -> subprocess.CompletedProcess:
+    """Runs ``cmd`` (torchrun), SIGKILLs one of its two workers once the run's first
+    checkpoint exists, and returns how torchrun ended. The output goes to files: a pipe
+    nobody reads while the run goes on could fill up and stall the workers."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out, err = run_dir.parent / f"{run_dir.name}.out", run_dir.parent / f"{run_dir.name}.err"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True, env=env)
+        try:
+            deadline = time.monotonic() + 300
+            while not (run_dir / "checkpoints" / "last.pt").exists():
+                assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint"
+                time.sleep(0.2)
+            workers = _children(proc.pid)
+            assert len(workers) == 2, workers
+            os.kill(workers[-1], signal.SIGKILL)
+            proc.wait(timeout=300)
+        finally:
+            proc.kill()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out.read_text(), err.read_text())
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds torchrun's workers "
+                    "through /proc (Linux)")
+def test_a_killed_worker_stops_the_run_and_a_restart_resumes_it(tmp_path):
+    stopped = kill_a_worker_after_the_first_checkpoint(
+        torchrun(*TINY, "--out-dir", str(tmp_path), "--name", "stopped"), tmp_path / "stopped")
+    assert stopped.returncode != 0
+    assert "ssgan: done" not in stopped.stdout
+    assert "SIGKILL" in stopped.stderr or "Signal 9" in stopped.stderr, stopped.stderr[-2000:]
+    assert (tmp_path / "stopped" / "checkpoints" / "last.pt").is_file()  # the last good one
+
+    restarted = kill_a_worker_after_the_first_checkpoint(
+        torchrun(*TINY, "--out-dir", str(tmp_path), "--name", "restarted", restarts=1),
+        tmp_path / "restarted")
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert restarted.stdout.count("ssgan: done") == 1
+    assert [r["epoch"] for r in read_metrics(tmp_path / "restarted" / "metrics.csv")] == [
+        "1", "2", "3"]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="two ranks on NCCL need two GPUs "
+                    "(this machine has fewer)")
+def test_two_gpus_capture_their_collectives_in_the_cuda_graph(tmp_path):
+    """On GPUs the all-reduces are NCCL's, inside the captured step; the result is the one-GPU
+    run's, to a tolerance (cuDNN's backward sums in no fixed order)."""
+    gpu = {"device": "cuda", "kernels": "triton"}
+    one = one_process_run(tmp_path / "one", **gpu)
+    two = two_ranks(tmp_path / "two", **gpu)
+    assert [(tmp_path / "two" / f"captured-{r}").read_text() for r in (0, 1)] == ["True"] * 2
+    for x, y in zip(forward(one), forward(two)):
+        torch.testing.assert_close(x.cpu(), y.cpu(), rtol=1e-3, atol=1e-3)
