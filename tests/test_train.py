@@ -119,8 +119,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, knobs):
     killed = T.Trainer(tiny_config(tmp_path / "b", epochs=3, **knobs), data)
     save = killed.save_checkpoint
 
-    def save_then_die(path):  # killed right after epoch 1's checkpoint
-        save(path)
+    def save_then_die(*args):  # killed right after epoch 1's checkpoint
+        save(*args)
         raise KeyboardInterrupt
     killed.save_checkpoint = save_then_die
     with pytest.raises(KeyboardInterrupt):
