@@ -41,7 +41,7 @@ import ssgan.kernels as K
 from bench import common, stock
 from ssgan.data import Dataset, Split
 from ssgan.config import config_for
-from ssgan.cuda_graph import StepGraph
+from ssgan.cuda_graph import WARMUP_STEPS, StepGraph
 from ssgan.train import Trainer
 
 SVHN_TRAIN_IMAGES = 73_257
@@ -132,7 +132,6 @@ def prepare(variant: str, batch: int, smoke: bool, device: torch.device) -> dict
 
 def graph_warmup(variant: str) -> int:
     """Eager steps a variant runs before its capture (0 for the variants that never capture)."""
-    from ssgan.cuda_graph import WARMUP_STEPS
     return WARMUP_STEPS if variant.endswith("+cudagraph") else 0
 
 

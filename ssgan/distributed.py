@@ -46,16 +46,14 @@ class Group:
         """Rank 0 writes metrics, plots and checkpoints, and prints."""
         return self.rank == 0
 
-    def rows(self, n: int) -> slice:
-        """This rank's rows of ``n`` (contiguous; ranks differ by at most one row)."""
-        return slice(n * self.rank // self.world, n * (self.rank + 1) // self.world)
-
     def shard(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
-        """This rank's rows of ``t`` along ``dim`` (``t`` itself on one rank)."""
+        """This rank's rows of ``t`` along ``dim``: contiguous, the ranks' counts differing by
+        at most one (``t`` itself on one rank)."""
         if not self.active:
             return t
-        rows = self.rows(t.shape[dim])
-        return t.narrow(dim, rows.start, rows.stop - rows.start)
+        n = t.shape[dim]
+        start, stop = n * self.rank // self.world, n * (self.rank + 1) // self.world
+        return t.narrow(dim, start, stop - start)
 
     def batch_mean(self, t: torch.Tensor) -> torch.Tensor:
         """The mean over dim 0 of the global batch whose shard is ``t`` (equal shards),

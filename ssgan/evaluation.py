@@ -58,11 +58,10 @@ def accuracy(d: Discriminator, images: torch.Tensor, labels: torch.Tensor,
     group = distributed.current()
     correct = torch.zeros((), dtype=torch.int64, device=images.device)
     for start in range(0, images.shape[0], batch_size):
-        batch = group.rows(min(batch_size, images.shape[0] - start))
-        rows = slice(start + batch.start, start + batch.stop)
-        logits, _, _ = d(to_unit_range(images[rows]))
+        batch = slice(start, start + batch_size)
+        logits, _, _ = d(to_unit_range(group.shard(images[batch])))
         pred = logits[:, :num_classes].argmax(1)
-        correct += (pred == labels[rows]).sum()
+        correct += (pred == group.shard(labels[batch])).sum()
     d.train(was_training)
     return group.sum_(correct).item() / max(1, images.shape[0])
 

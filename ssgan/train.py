@@ -73,15 +73,14 @@ def adam(params, lr: torch.Tensor, beta1: float) -> torch.optim.Adam:
 def simultaneous_update(d_loss: torch.Tensor, g_loss: torch.Tensor, d: torch.nn.Module,
                         g: torch.nn.Module, opt_d: torch.optim.Optimizer,
                         opt_g: torch.optim.Optimizer,
-                        group: distributed.Group | None = None) -> None:
+                        group: distributed.Group = distributed.Group()) -> None:
     """Both players' gradients from one forward pass, then both optimizer steps (the
     notebook's update). ``torch.autograd.grad`` keeps each loss's gradient off the other
     player's parameters (and out of DDP's sight, so ``group`` averages them explicitly)."""
     d_params, g_params = list(d.parameters()), list(g.parameters())
     d_grads = torch.autograd.grad(d_loss, d_params, retain_graph=True)
     g_grads = torch.autograd.grad(g_loss, g_params)
-    if group is not None:
-        group.average_([*d_grads, *g_grads])
+    group.average_([*d_grads, *g_grads])
     for params, grads in ((d_params, d_grads), (g_params, g_grads)):
         for p, grad in zip(params, grads):
             p.grad = grad
@@ -151,7 +150,7 @@ class Trainer:
         float in [-1, 1], channels-first like every image tensor (see
         :class:`ssgan.devices.DevicePolicy`)."""
         images = random_translate(self.data.train.images[idx], self.cfg.augment_shift,
-                                  self.batch_rng, self.group if self.group.active else None)
+                                  self.batch_rng, self.group)
         return to_unit_range(images)
 
     @property
@@ -200,7 +199,7 @@ class Trainer:
         losses["g_loss"] = feature_matching_loss(feat_real, feat_fake, self.group.batch_mean)
         losses.update(self._batch_hits(class_sup, labels_sup))
         simultaneous_update(losses["d_loss"], losses["g_loss"], self.d, self.g, self.opt_d,
-                            self.opt_g, self.group if self.group.active else None)
+                            self.opt_g, self.group)
         if self.d_ema is not None:
             self.d_ema.update(self.d)
         return losses
@@ -314,8 +313,7 @@ class Trainer:
         self.d.train()
         steps = n // cfg.batch_size
         perm = torch.randperm(n, device=self.device, generator=self.batch_rng)  # every rank's
-        window = self.window
-        window.zero_()
+        window = self.window  # zero: every refresh below empties it
         totals = dict.fromkeys(WINDOW_KEYS, 0.0)
         bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not cfg.progress or not self.group.is_main)
