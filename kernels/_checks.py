@@ -101,14 +101,11 @@ def check_target_range(target: torch.Tensor, weight: torch.Tensor, num_classes: 
     """Labeled rows (weight != 0) must hold a class in [0, num_classes).
 
     Eagerly this syncs with the device and raises ValueError naming the first bad row (or, in
-    ``deferred_target_checks``, sets the device flag). Inside torch.compile (the twins are traced
-    there) it becomes an asynchronous device assert, and it is skipped while a CUDA graph is
-    being captured, where no sync is allowed."""
-    compiling = torch.compiler.is_compiling()  # first: Dynamo cannot trace the capture query
-    if not compiling and target.is_cuda and torch.cuda.is_current_stream_capturing():
-        return
+    ``deferred_target_checks``, sets the device flag, also while a CUDA graph is being
+    captured, so that every replay sets it). Inside torch.compile (the twins are traced there)
+    it becomes an asynchronous device assert."""
     bad = (weight != 0) & ((target < 0) | (target >= num_classes))
-    if compiling:
+    if torch.compiler.is_compiling():
         assert_async(~bad.any(), f"a target on a labeled row is outside [0, {num_classes})")
         return
     _target_checks.report(bad.any(), lambda: raise_bad_target(

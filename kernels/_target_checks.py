@@ -51,6 +51,11 @@ def deferred_target_checks(check: DeferredTargetCheck | None = None
         _active.remove(check)
 
 
+def capturing(t: torch.Tensor) -> bool:
+    """Whether ``t``'s device is recording a CUDA graph, where the host may read nothing."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def report(bad: torch.Tensor, read_row) -> None:
     """Called by the ops with ``bad`` (bool, one element, on the device). Deferred: notes it.
     Otherwise reads it (skipped during CUDA-graph capture, where no read is allowed) and calls
@@ -58,7 +63,7 @@ def report(bad: torch.Tensor, read_row) -> None:
     if _active:
         _active[-1].note(bad)
         return
-    if bad.is_cuda and torch.cuda.is_current_stream_capturing():
+    if capturing(bad):
         return
     if bool(bad.reshape(())):
         read_row()

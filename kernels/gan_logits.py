@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _checks, _inductor, reference
+from . import _checks, _inductor, _transforms, reference
 from ._backend import backend_for, call_op
 
 BLOCK_ELEMENTS = 2048
@@ -133,20 +133,30 @@ def _(dout, class_logits, lse, extra_class, backend):
 
 
 class GanLogitsFunction(torch.autograd.Function):
-    """Autograd for the head. Saves the logits and one fp32 log-sum-exp per row."""
+    """Autograd for the head: returns (out, lse) and saves the logits and one fp32
+    log-sum-exp per row (lse is not differentiable)."""
 
     @staticmethod
-    def forward(ctx, class_logits, extra_class, backend):
-        out, lse = call_op(_forward_op, class_logits, extra_class, backend)
-        ctx.save_for_backward(class_logits, lse)
-        ctx.extra_class, ctx.backend = extra_class, backend
-        return out
+    def forward(class_logits, extra_class, backend):
+        return call_op(_forward_op, class_logits, extra_class, backend)
 
     @staticmethod
-    def backward(ctx, dout):
+    def setup_context(ctx, inputs, output):
+        class_logits, ctx.extra_class, ctx.backend = inputs
+        ctx.save_for_backward(class_logits, output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
         class_logits, lse = ctx.saved_tensors
-        dx = call_op(_backward_op, dout, class_logits, lse, ctx.extra_class, ctx.backend)
+        if _transforms.building_backward_graph():
+            lse = reference.gan_logits_forward(class_logits, ctx.extra_class)[1]
+            dx = reference.gan_logits_backward(dout, class_logits, lse, ctx.extra_class)
+        else:
+            dx = call_op(_backward_op, dout, class_logits, lse, ctx.extra_class, ctx.backend)
         return dx, None, None
+
+    vmap, jvp = _transforms.refusals("gan_logits")
 
 
 def gan_logits(class_logits: torch.Tensor, *, extra_class: bool = False) -> torch.Tensor:
@@ -163,4 +173,4 @@ def gan_logits(class_logits: torch.Tensor, *, extra_class: bool = False) -> torc
         return reference.gan_logits(class_logits, extra_class=extra_class)
     if not _checks.int32_addressable(class_logits):
         class_logits = class_logits.contiguous()  # its element count fits, so its copy does
-    return GanLogitsFunction.apply(class_logits, bool(extra_class), backend)
+    return GanLogitsFunction.apply(class_logits, bool(extra_class), backend)[0]

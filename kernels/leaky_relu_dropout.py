@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _checks, _inductor, reference
+from . import _checks, _inductor, _transforms, reference
 from ._backend import backend_for, call_op
 
 BLOCK_ELEMENTS = 2048  # elements per program: big enough to hide latency, small for registers
@@ -347,20 +347,28 @@ class LeakyReLUDropoutFunction(torch.autograd.Function):
     """Autograd for the fused op. Saves ``x``, ``scale``, ``shift`` and the seed tensor only."""
 
     @staticmethod
-    def forward(ctx, x, scale, shift, seed, negative_slope, p, backend):
-        ctx.save_for_backward(x, scale, shift, seed)
-        ctx.negative_slope, ctx.p, ctx.backend = negative_slope, p, backend
+    def forward(x, scale, shift, seed, negative_slope, p, backend):
         return call_op(_forward_op, x, scale, shift, seed, negative_slope, p, backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, scale, shift, seed, ctx.negative_slope, ctx.p, ctx.backend = inputs
+        ctx.save_for_backward(x, scale, shift, seed)
 
     @staticmethod
     def backward(ctx, dy):
         x, scale, shift, seed = ctx.saved_tensors
         affine_grads = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        dx, dscale, dshift = call_op(_backward_op, dy, x, scale, shift, seed,
-                                     ctx.negative_slope, ctx.p, affine_grads, ctx.backend)
+        args = (dy, x, scale, shift, seed, ctx.negative_slope, ctx.p, affine_grads)
+        if _transforms.building_backward_graph():
+            dx, dscale, dshift = reference.leaky_relu_dropout_backward(*args)
+        else:
+            dx, dscale, dshift = call_op(_backward_op, *args, ctx.backend)
         return (dx if ctx.needs_input_grad[0] else None,
                 dscale if ctx.needs_input_grad[1] else None,
                 dshift if ctx.needs_input_grad[2] else None, None, None, None, None)
+
+    vmap, jvp = _transforms.refusals("leaky_relu_dropout")
 
 
 _UNUSED_SEEDS: dict[torch.device, torch.Tensor] = {}

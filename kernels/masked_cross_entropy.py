@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _checks, _inductor, _target_checks, reference
+from . import _checks, _inductor, _target_checks, _transforms, reference
 from ._backend import backend_for, call_op
 from .gan_logits import _blocks, _row_logsumexp
 
@@ -149,20 +149,32 @@ def _(dloss, denom, logits, target, weight, lse, backend):
 
 
 class MaskedCrossEntropyFunction(torch.autograd.Function):
-    """Autograd for the masked CE. Saves logits, targets, weights and one lse per row."""
+    """Autograd for the masked CE: returns (loss, lse, denom) and saves logits, targets,
+    weights, one lse per row and the divisor (lse and denom are not differentiable)."""
 
     @staticmethod
-    def forward(ctx, logits, target, weight, backend):
-        loss, lse, denom = call_op(_forward_op, logits, target, weight, backend)
+    def forward(logits, target, weight, backend):
+        return call_op(_forward_op, logits, target, weight, backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, target, weight, ctx.backend = inputs
+        _, lse, denom = output
         ctx.save_for_backward(logits, target, weight, lse, denom)
-        ctx.backend = backend
-        return loss
+        ctx.mark_non_differentiable(lse, denom)
 
     @staticmethod
-    def backward(ctx, dloss):
+    def backward(ctx, dloss, _dlse, _ddenom):
         logits, target, weight, lse, denom = ctx.saved_tensors
-        return (call_op(_backward_op, dloss, denom, logits, target, weight, lse, ctx.backend),
-                None, None, None)
+        if _transforms.building_backward_graph():
+            _, lse, denom, _ = reference.masked_cross_entropy_forward(logits, target, weight)
+            dx = reference.masked_cross_entropy_backward(dloss, denom, logits, target, weight,
+                                                         lse)
+        else:
+            dx = call_op(_backward_op, dloss, denom, logits, target, weight, lse, ctx.backend)
+        return dx, None, None, None
+
+    vmap, jvp = _transforms.refusals("masked_cross_entropy")
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
@@ -185,4 +197,4 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
         logits = logits.contiguous()  # its element count fits, so its copy does
     # the kernels index target and weight with stride 1
     return MaskedCrossEntropyFunction.apply(logits, target.long().contiguous(),
-                                            weight.contiguous(), backend)
+                                            weight.contiguous(), backend)[0]

@@ -88,13 +88,16 @@ def load_classifier(path: str | Path, device: str = "auto") -> LoadedClassifier:
         raise ValueError(f"{file} holds no evaluation statistics (no evaluation has run yet, "
                          "or an older ssgan wrote it); continue the run with --resume until "
                          "it evaluates")
-    num_classes, size, channels = state["num_classes"], state["image_size"], state["channels"]
-    d = build_discriminator(cfg, channels, num_classes)
-    d.load_state_dict(checkpoints.ema_weights(state) or state["discriminator"])
-    d.load_state_dict(state["eval_buffers"], strict=False)
+    with checkpoints.building_from(file):
+        num_classes, size, channels = state["num_classes"], state["image_size"], state["channels"]
+        d = build_discriminator(cfg, channels, num_classes)
+        d.load_state_dict(checkpoints.ema_weights(state) or state["discriminator"])
+        d.load_state_dict(state["eval_buffers"], strict=False)
+        names = [str(n) for n in state["class_names"] or range(num_classes)]
+        if len(names) != num_classes:
+            raise ValueError(f"{len(names)} class names for {num_classes} classes")
     model = Classifier(d, num_classes).to(dev, memory_format=policy(dev).memory_format).eval()
-    names = state["class_names"] or [str(i) for i in range(num_classes)]
-    return LoadedClassifier(model, list(names), _input_transform(cfg, size, channels), size,
+    return LoadedClassifier(model, names, _input_transform(cfg, size, channels), size,
                             channels, file, state["epoch"])
 
 

@@ -63,20 +63,45 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return config_for(args.recipe, **{k: v for k, v in vars(args).items() if k in names})
 
 
+KEPT = "the last finished epoch's checkpoint is kept"
+# what a collective raises when a peer rank is gone (gloo reports a plain RuntimeError)
+PEER_FAILURE_SIGNS = ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL",
+                      "Timed out", "timed out")
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure, on a GPU or on the host."""
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+
+
+def _peer_failure(err: RuntimeError) -> bool:
+    return isinstance(err, torch.distributed.DistError) or any(
+        sign in str(err) for sign in PEER_FAILURE_SIGNS)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     try:
         Trainer(cfg).fit()  # ends with the one-line summary; summary.json holds it for scripts
-    except RuntimeError as err:
-        group = distributed.current()
-        if not group.active:
+    except TrainingError:
+        raise  # its message names its cause (a non-finite loss, a bad label) on any rank
+    except (RuntimeError, MemoryError) as err:
+        if out_of_memory(err):
+            raise TrainingError(f"out of memory ({_first_line(err)}); {KEPT}: lower "
+                                "--batch-size (and --eval-batch-size), then --resume") from None
+        if not _peer_failure(err) or not distributed.current().active:
             raise
-        # under torchrun, most often a collective whose peer died: one line, not a traceback
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise TrainingError(f"rank {group.rank} of {group.world} stopped: {reason}. If another "
-                            "process died, this one stopped with it; the last finished epoch's "
-                            "checkpoint is kept (restart with --resume, or launch with "
-                            "torchrun --max-restarts=K to restart by itself)") from None
+        group = distributed.current()
+        # under torchrun, a collective whose peer died: one line, not a traceback
+        raise TrainingError(f"rank {group.rank} of {group.world} stopped: {_first_line(err)}. "
+                            f"Another process died and this one stopped with it; {KEPT} "
+                            "(restart with --resume, or launch with torchrun --max-restarts=K "
+                            "to restart by itself)") from None
     finally:
         distributed.leave()  # under torchrun: the process group's resources
     return 0
@@ -96,9 +121,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     state = checkpoints.load(args.checkpoint)
     cfg = checkpoints.train_config(state, args.checkpoint)
-    g = Generator(cfg.z_dim, state["channels"], state["image_size"], cfg.g_size_mult,
-                  cfg.alpha).to(device)
-    g.load_state_dict(state["generator"])
+    with checkpoints.building_from(checkpoints.resolve(args.checkpoint)):
+        g = Generator(cfg.z_dim, state["channels"], state["image_size"], cfg.g_size_mult,
+                      cfg.alpha).to(device)
+        g.load_state_dict(state["generator"])
     g.eval()
     generator = torch.Generator().manual_seed(args.seed)
     z = (torch.rand(args.n, cfg.z_dim, generator=generator) * 2 - 1).to(device)
@@ -209,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as stop:
         why = "stopped by SIGTERM" if isinstance(stop, Stopped) else "interrupted"
-        print(f"ssgan {args.command}: {why}; the last finished epoch's checkpoint is kept "
-              "(continue with --resume)", file=sys.stderr)
+        kept = f"; {KEPT} (continue with --resume)" if args.command == "train" else ""
+        print(f"ssgan {args.command}: {why}{kept}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(stop, Stopped) else signal.SIGINT)
     finally:
         _handle_sigterm(previous)

@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 from PIL import Image
@@ -64,7 +65,8 @@ class Dataset:
         return self.train.images.shape[2]
 
     def to(self, device: torch.device) -> "Dataset":
-        return Dataset(self.train.to(device), self.test.to(device) if self.test else None,
+        return Dataset(self.train.to(device),
+                       self.test.to(device) if self.test is not None else None,
                        self.num_classes, self.class_names)
 
 
@@ -118,7 +120,10 @@ def _svhn_split(data_dir: Path, split: str, download: bool, verify_md5: bool) ->
                         "expected X (32, 32, 3, N) and y (N, 1)")
     labels = torch.from_numpy(ds.labels)
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{path} has labels outside 1..10 (found up to {int(labels.max())})")
+        # torchvision has mapped the file's 10 (digit 0) to 0 by now: 0..9 are the digits
+        raise DataError(f"{path} has labels outside 1..10 (found {int(labels.min())}.."
+                        f"{int(labels.max())} after mapping 10, the digit 0, to 0): it is not "
+                        "an SVHN label file; replace it, or point --data-dir at a good copy")
     return Split(torch.from_numpy(ds.data).to(torch.uint8).contiguous(), labels)
 
 
@@ -196,12 +201,43 @@ def load_mnist(data_dir: str | Path | None = None, *, train_prefix: str | None =
 
 # ---------------------------------------------------------------- image folders
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image scaled to 8 bits (Pillow's own conversion clips every value
+    above 255 to white); any other image as it is."""
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return image
+    values = np.asarray(image).astype(np.int64)
+    if values.min() < 0 or values.max() > 65535:
+        raise ValueError(f"{image.mode} pixel values span {values.min()}..{values.max()}, "
+                         "outside 16 bits")
+    return Image.fromarray((values >> 8).astype(np.uint8), mode="L")
+
+
 def open_image(path: str | Path, fix: str = "remove or replace it") -> Image.Image:
-    """An image file through torchvision's loader, or a DataError naming it and ``fix``."""
+    """A still image file, decoded (16-bit grayscale scaled to 8 bits), or a DataError that
+    names it, says what is wrong and ``fix``: unreadable, truncated or corrupt files,
+    animated images (which frame would be meant?) and images beyond Pillow's
+    decompression-bomb limit."""
     try:
-        return tv_folder.default_loader(str(path))
-    except OSError as err:
-        raise DataError(f"cannot read image {path} ({err}); {fix}") from None
+        image = Image.open(path)
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            raise DataError(f"image {path} is animated ({frames} frames), and ssgan reads still "
+                            f"images: save the frame you mean as a file of its own, or {fix}")
+        image.load()
+        return _eight_bit(image)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as err:
+        size = str(err).split(", could be")[0]
+        raise DataError(f"image {path} is too large to decode safely ({size}); {fix}") from None
+    except Exception as err:  # Pillow's decoders raise OSError, SyntaxError, ValueError, ...
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        raise DataError(f"cannot read image {path} ({type(err).__name__}"
+                        f"{': ' + reason if reason else ''}); {fix}") from None
 
 
 def image_to_uint8(image: Image.Image, size: int, channels: int) -> torch.Tensor:
@@ -247,6 +283,12 @@ def load_image_folder(root: str | Path, *, image_size: int = 32, channels: int =
                         f"optionally {root}/unlabeled/")
     class_to_idx = {name: i for i, name in enumerate(class_names)}
     samples = _scan(root, class_to_idx)
+    empty = sorted(set(class_names) - {class_names[label] for _, label in samples})
+    if empty:
+        raise DataError(f"class folder{'s' if len(empty) > 1 else ''} "
+                        f"{', '.join(str(root / c) for c in empty)} hold{'' if len(empty) > 1 else 's'} "
+                        f"no images ({', '.join(tv_folder.IMG_EXTENSIONS)}): a class without "
+                        "examples can never be learned; add images or remove the folder")
     if (root / "unlabeled").is_dir():
         samples += _scan(root, {"unlabeled": UNLABELED})
     if not samples:

@@ -81,8 +81,9 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto",
         raise ValueError(f"{cfg.data_dir} has no test set to evaluate on (for --dataset folder, "
                          "add a test/<class>/ folder)")
     data = data.to(dev)
-    _, d = build_models(cfg, data, dev)
-    d.load_state_dict(checkpoints.ema_weights(state) or state["discriminator"])
+    with checkpoints.building_from(checkpoints.resolve(path)):
+        _, d = build_models(cfg, data, dev)
+        d.load_state_dict(checkpoints.ema_weights(state) or state["discriminator"])
     with eval_bn_statistics(d, cfg, data.train.images):
         acc = accuracy(d, data.test.images, data.test.labels, eval_batch_size(cfg),
                        data.num_classes)

@@ -46,8 +46,9 @@ class BatchNorm(nn.BatchNorm2d):
             # momentum None means a cumulative average, as in nn.BatchNorm2d
             weight = (1.0 / self.num_batches_tracked.item() if self.momentum is None
                       else self.momentum)
-        if batch_stats and distributed.current().active:
-            return distributed.synced_batch_norm(x, self.weight, self.bias, self.running_mean,
+        group = distributed.current()
+        if batch_stats and group.active:
+            return distributed.synced_batch_norm(group, x, self.weight, self.bias, self.running_mean,
                                                  self.running_var, weight, self.eps, track)
         running = ((self.running_mean, self.running_var) if track or not batch_stats
                    else (None, None))

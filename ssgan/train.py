@@ -53,8 +53,9 @@ def scheduled_lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The learning rate of global step ``step`` (0-based).
 
     ``exponential``: ``lr * lr_decay ** epoch`` (the notebook). ``constant``: ``lr``.
-    ``linear``: ``lr`` for the first half of training, then a straight line down to 0 at the
-    last step (Improved GAN's schedule)."""
+    ``linear`` (Improved GAN's schedule): ``lr`` for the first half of training, then a
+    straight line down towards 0, which it would reach one step after the last, so that every
+    step trains: the last of ``T`` steps runs at ``2 * lr / T``."""
     if cfg.lr_schedule == "exponential":
         return cfg.lr * cfg.lr_decay ** (step // steps_per_epoch)
     if cfg.lr_schedule == "constant":
@@ -72,15 +73,15 @@ def adam(params, lr: torch.Tensor, beta1: float) -> torch.optim.Adam:
 
 def simultaneous_update(d_loss: torch.Tensor, g_loss: torch.Tensor, d: torch.nn.Module,
                         g: torch.nn.Module, opt_d: torch.optim.Optimizer,
-                        opt_g: torch.optim.Optimizer,
-                        group: distributed.Group = distributed.Group()) -> None:
+                        opt_g: torch.optim.Optimizer) -> None:
     """Both players' gradients from one forward pass, then both optimizer steps (the
     notebook's update). ``torch.autograd.grad`` keeps each loss's gradient off the other
-    player's parameters (and out of DDP's sight, so ``group`` averages them explicitly)."""
+    player's parameters (and out of DDP's sight, so the run's group averages them
+    explicitly)."""
     d_params, g_params = list(d.parameters()), list(g.parameters())
     d_grads = torch.autograd.grad(d_loss, d_params, retain_graph=True)
     g_grads = torch.autograd.grad(g_loss, g_params)
-    group.average_([*d_grads, *g_grads])
+    distributed.current().average_([*d_grads, *g_grads])
     for params, grads in ((d_params, d_grads), (g_params, g_grads)):
         for p, grad in zip(params, grads):
             p.grad = grad
@@ -93,7 +94,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, data: Dataset | None = None):
         cfg = self.cfg = resolve_data_location(cfg)
-        self.group, self.device = distributed.init_from_env(resolve_device(cfg.device))
+        self.device = distributed.join(resolve_device(cfg.device))
         if self.device.type == "cpu":
             keep_freed_memory()
         data = data or load_data(cfg, download=cfg.download)
@@ -150,8 +151,13 @@ class Trainer:
         float in [-1, 1], channels-first like every image tensor (see
         :class:`ssgan.devices.DevicePolicy`)."""
         images = random_translate(self.data.train.images[idx], self.cfg.augment_shift,
-                                  self.batch_rng, self.group)
+                                  self.batch_rng)
         return to_unit_range(images)
+
+    @property
+    def group(self) -> distributed.Group:
+        """The run's ranks (:func:`ssgan.distributed.current`, the one owner)."""
+        return distributed.current()
 
     @property
     def eval_model(self) -> Discriminator:
@@ -199,7 +205,7 @@ class Trainer:
         losses["g_loss"] = feature_matching_loss(feat_real, feat_fake, self.group.batch_mean)
         losses.update(self._batch_hits(class_sup, labels_sup))
         simultaneous_update(losses["d_loss"], losses["g_loss"], self.d, self.g, self.opt_d,
-                            self.opt_g, self.group)
+                            self.opt_g)
         if self.d_ema is not None:
             self.d_ema.update(self.d)
         return losses
@@ -235,18 +241,13 @@ class Trainer:
         """Trains to ``cfg.epochs`` (continuing from a checkpoint with ``resume``); returns the
         metrics of every epoch."""
         cfg, main = self.cfg, self.group.is_main
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        # a group that torchrun restarted after a failure continues from the last checkpoint
-        restarted = distributed.restarted_by_torchrun()
-        if cfg.resume or (restarted and (self.run_dir / checkpoints.LAST).exists()):
+        start_mode = self._start_mode()
+        if start_mode == "resume":
             self.load_checkpoint(self.run_dir / checkpoints.LAST)
-        elif restarted:  # before its first checkpoint: a fresh start
-            if main:
-                (self.run_dir / "metrics.csv").unlink(missing_ok=True)
-        elif (self.run_dir / "metrics.csv").exists():
-            raise ValueError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
-                             "or choose another --name")
         if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if start_mode == "restart-fresh":
+                (self.run_dir / "metrics.csv").unlink(missing_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg),
                                                                  indent=2))
         start = time.perf_counter()
@@ -264,6 +265,32 @@ class Trainer:
                                   title=f"{self.run_dir.name}: accuracy per epoch")
             self._summarize(time.perf_counter() - start)
         return self.history
+
+    def _start_mode(self) -> str:
+        """``fresh``, ``resume`` or ``restart-fresh`` (torchrun restarted the group before its
+        first checkpoint). Rank 0 alone reads the run folder and decides, and every rank
+        follows its decision: the ranks of several nodes need not share a disk, and ranks
+        that took different branches would wait on each other's collectives until the
+        timeout. A run folder that already holds a run, without ``--resume``, is an error on
+        every rank."""
+        decision = None
+        if self.group.is_main:
+            has_checkpoint = (self.run_dir / checkpoints.LAST).exists()
+            # a group that torchrun restarted after a failure continues from the last checkpoint
+            restarted = distributed.restarted_by_torchrun()
+            if self.cfg.resume or (restarted and has_checkpoint):
+                decision = ("resume", None)
+            elif restarted:
+                decision = ("restart-fresh", None)
+            elif (self.run_dir / "metrics.csv").exists():
+                decision = (None, f"{self.run_dir} already holds a run; pass --resume to "
+                            "continue it, or choose another --name")
+            else:
+                decision = ("fresh", None)
+        mode, error = self.group.broadcast_object(decision)
+        if error:
+            raise ValueError(error)
+        return mode
 
     def _say(self, line: str) -> None:
         """Prints ``line`` on rank 0 (every rank computes the same figures)."""
@@ -402,7 +429,7 @@ class Trainer:
         """Appends the metrics row, writes the sample grid and then the checkpoint, so a
         checkpoint never refers to an epoch whose outputs are missing."""
         self.history.append(row)
-        rng_ranks = distributed.gather_objects(checkpoints.default_rng_states(self.device))
+        rng_ranks = self.group.gather_objects(checkpoints.default_rng_states(self.device))
         if not self.group.is_main:
             return
         path = self.run_dir / "metrics.csv"
@@ -438,21 +465,30 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         hint = "start without --resume, or give the --name/--out-dir of the run to continue"
-        # rank 0 reads the file and sends it: the ranks of several nodes share no disk
-        state = distributed.broadcast_object(checkpoints.load(path, hint=hint)
-                                             if self.group.is_main else None)
-        self.g.load_state_dict(state["generator"])
-        self.d.load_state_dict(state["discriminator"])
-        if self.d_ema is not None:
-            self.d_ema.load_state_dict(state["discriminator_ema"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        for group in (*self.opt_d.param_groups, *self.opt_g.param_groups):
-            group["lr"] = self.lr  # loading replaced it with the saved value
-        self.epoch, self.history = state["epoch"], state["history"]
-        self.eval_buffers = state.get("eval_buffers")
-        checkpoints.restore_rng_states(state, self.batch_rng)
-        self._restore_noise(state)
+        # rank 0 reads the file and sends it, or the reason it cannot, so that every rank
+        # stops alike: the ranks of several nodes share no disk
+        state, error = None, None
+        if self.group.is_main:
+            try:
+                state = checkpoints.load(path, hint=hint)
+            except ValueError as err:
+                error = str(err)
+        state, error = self.group.broadcast_object((state, error))
+        if error:
+            raise ValueError(error)
+        with checkpoints.building_from(path):
+            self.g.load_state_dict(state["generator"])
+            self.d.load_state_dict(state["discriminator"])
+            if self.d_ema is not None:
+                self.d_ema.load_state_dict(state["discriminator_ema"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+            for group in (*self.opt_d.param_groups, *self.opt_g.param_groups):
+                group["lr"] = self.lr  # loading replaced it with the saved value
+            self.epoch, self.history = state["epoch"], state["history"]
+            self.eval_buffers = state.get("eval_buffers")
+            checkpoints.restore_rng_states(state, self.batch_rng)
+            self._restore_noise(state)
         if self.group.is_main:
             self._truncate_metrics()
 
