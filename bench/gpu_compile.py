@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from ssgan.kernels import _private_api as private
+
 KERNEL_MODULES = ("ssgan.kernels.leaky_relu_dropout", "ssgan.kernels.gan_logits",
                   "ssgan.kernels.masked_cross_entropy")
 ARCHS = (80, 90)   # A100, H100
@@ -72,26 +74,16 @@ def record_launches(dry: bool = False, into: list[dict] | None = None) -> Iterat
     ``dry``: record without running the kernel (outputs keep whatever memory they had), which
     records a full-size model step in the interpreter in milliseconds."""
     launches: list[dict] = [] if into is None else into
-    originals = {}
-    for name, kernel in _launchable_kernels().items():
-        originals[name] = kernel.__dict__.get("run")
 
-        def run(*args, grid, warmup, _kernel=kernel, _name=name, **kwargs):
-            launches.append({"kernel": _name, "args": [_describe(a) for a in args],
+    def make_run(name, kernel, original):
+        def run(*args, grid, warmup, **kwargs):
+            launches.append({"kernel": name, "args": [_describe(a) for a in args],
                              "kwargs": {k: _describe(v) for k, v in kwargs.items()},
                              "grid": list(grid) if not callable(grid) else None})
-            if dry:
-                return None
-            return type(_kernel).run(_kernel, *args, grid=grid, warmup=warmup, **kwargs)
-        kernel.run = run
-    try:
+            return None if dry else original(*args, grid=grid, warmup=warmup, **kwargs)
+        return run
+    with private.replaced_launches(_launchable_kernels(), make_run):
         yield launches
-    finally:
-        for name, kernel in _launchable_kernels().items():
-            if originals[name] is None:
-                kernel.__dict__.pop("run", None)
-            else:
-                kernel.run = originals[name]
 
 
 # ------------------------------------------------------------------ compiling (no interpreter)
@@ -110,12 +102,9 @@ def _rebuild(desc: list) -> object:
 def _specialization(kernel, launch: dict, backend) -> tuple:
     """Triton's (signature, constexprs, attrs, options) for ``launch`` on ``backend``, from the
     same binder that ``JITFunction.run`` uses."""
-    from triton.runtime.jit import create_function_from_signature
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    args = [_rebuild(d) for d in launch["args"]]
-    kwargs = {k: _rebuild(d) for k, d in launch["kwargs"].items()}
-    bound_args, specialization, options = binder(*args, **kwargs)
-    return kernel._pack_args(backend, kwargs, bound_args, specialization, options)
+    return private.launch_specialization(
+        kernel, backend, [_rebuild(d) for d in launch["args"]],
+        {k: _rebuild(d) for k, d in launch["kwargs"].items()})
 
 
 def _tool(name: str) -> str:
@@ -142,22 +131,17 @@ def _cubin_facts(cubin: bytes) -> dict:
 
 
 def _compile_one(job: tuple[str, int, dict]) -> dict:
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.compiler.compiler import make_backend
     name, arch, launch = job
     kernel = _launchable_kernels()[name]
-    target = GPUTarget("cuda", arch, 32)
-    backend = make_backend(target)
-    options, signature, constexprs, attrs = _specialization(kernel, launch, backend)
+    options, signature, constexprs, attrs = _specialization(kernel, launch,
+                                                            private.gpu_backend(arch))
     result = {"kernel": name, "arch": f"sm_{arch}",
               "constexprs": {kernel.params[path[0]].name: value
                              for path, value in constexprs.items()},
               "signature": {k: v for k, v in signature.items() if v != "constexpr"}}
     try:
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs),
-                                  target=target, options=options.__dict__)
+        compiled = private.compile_for_gpu(kernel, signature, constexprs, arch, attrs,
+                                           options.__dict__)
     except Exception as err:  # a compile error is a finding, reported with the launch
         return {**result, "error": f"{type(err).__name__}: {err}"[-2000:]}
     return {**result, **_cubin_facts(compiled.asm["cubin"]),
@@ -170,11 +154,8 @@ def specialization_key(name: str, launch: dict, structural: bool = False) -> str
 
     ``structural``: also ignore the values of float constants (slope, p, 1/(1-p)), which only
     change immediates in the same instruction stream (p == 0 is a separate flag)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler.compiler import make_backend
     kernel = _launchable_kernels()[name]
-    _, signature, constexprs, attrs = _specialization(
-        kernel, launch, make_backend(GPUTarget("cuda", 90, 32)))
+    _, signature, constexprs, attrs = _specialization(kernel, launch, private.gpu_backend(90))
     if structural:
         constexprs = {k: "float" if isinstance(v, float) else v for k, v in constexprs.items()}
     return repr((name, sorted(signature.items()), sorted(constexprs.items()),

@@ -200,7 +200,7 @@ class StepCounter:
     """A ``TorchDispatchMode`` that counts the ATen ops that launch a kernel, and their bytes."""
 
     def __init__(self) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
+        from ssgan.kernels._private_api import TorchDispatchMode
         counter = self
 
         class Mode(TorchDispatchMode):
@@ -217,7 +217,8 @@ class StepCounter:
         name = func.__name__.split(".")[0]
         if func.namespace == "ssgan" or name in NO_KERNEL or getattr(func, "is_view", False):
             return   # the custom ops' Triton launches are counted from the recording
-        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out))
+        from ssgan.kernels._private_api import tree_leaves
+        tensors = [t for t in tree_leaves((args, kwargs, out))
                    if isinstance(t, torch.Tensor)]
         self.launches += 1
         self.bytes += sum(t.numel() * t.element_size() for t in tensors)

@@ -23,12 +23,23 @@ Runtime (the package):
 - ``torch._inductor.runtime.cache_dir_utils.cache_dir``: where Inductor caches, for the
   trainer's first-run message.
 
-Benchmarks and tests only:
+Benchmarks and tests only (nothing else in the repository names a private torch or triton
+module: ``tests/test_private_api.py`` fails on one):
 - ``torch._functorch.config.patch(donated_buffer=False)``: the stock+compile baseline
-  differentiates D's graph twice.
-- ``triton.runtime.jit.create_function_from_signature`` and ``JITFunction._pack_args``:
-  ``bench.gpu_compile`` rebuilds a launch's specialization for an ahead-of-time compile.
-- ``torch._inductor.cpu_vec_isa`` and ``torch._dynamo.utils.counters``: tests of the CPU path.
+  (``bench.stock``) differentiates D's graph twice.
+- ``triton.runtime.jit.create_function_from_signature``, ``JITFunction._pack_args`` and
+  ``JITFunction.run``: ``bench.gpu_compile`` records every launch (``run`` replaced per kernel
+  object; ``tests/conftest.py`` records each test session's) and rebuilds a launch's
+  specialization for an ahead-of-time compile.
+- ``triton.compiler.ASTSource``, ``triton.compiler.compiler.make_backend``: that compile,
+  for ``bench.gpu_compile`` and ``tests/test_leaky_relu_dropout.py``.
+- ``torch.utils._python_dispatch.TorchDispatchMode`` and ``torch.utils._pytree.tree_leaves``:
+  ``bench.gpu_static`` and the tests of the op dispatch (``test_backend_and_compile``,
+  ``test_inductor_path``, ``test_subpixel``) see every ATen call.
+- ``torch._inductor.config`` (``cpp.simdlen``) and ``torch._inductor.cpu_vec_isa``:
+  ``tests/test_vector_isa.py`` compiles the CPU path for every vector width.
+- ``torch._dynamo.reset`` and ``torch._dynamo.utils.counters``: tests of ``torch.compile`` and
+  of Inductor's cache (``tests/test_backend_and_compile.py``, ``tests/test_inductor_path.py``).
 """
 from __future__ import annotations
 
@@ -41,11 +52,15 @@ from torch._guards import TracingContext, tracing
 from torch._inductor import config as inductor_config
 from torch._inductor.compile_fx import compile_fx_inner
 from torch._inductor.decomposition import select_decomp_table
-from torch.utils._python_dispatch import _disable_current_modes
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._pytree import tree_leaves
 
-__all__ = ["BackendCompilerFailed", "assert_async", "clean_dispatch_state", "compile_graph",
-           "custom_op_body", "foreach_lerp_", "guards_hold", "inductor_cache_dir",
-           "jit_binder", "no_buffer_donation", "select_decomp_table"]
+__all__ = ["BackendCompilerFailed", "TorchDispatchMode", "assert_async", "clean_dispatch_state",
+           "compile_for_gpu", "compile_graph", "custom_op_body", "dynamo_reset",
+           "foreach_lerp_", "gpu_backend", "guards_hold", "inductor_cache_dir",
+           "inductor_config", "inductor_counters", "launch_specialization",
+           "no_buffer_donation", "replaced_launches", "select_decomp_table", "tree_leaves",
+           "vector_isa_widths"]
 
 assert_async = torch._assert_async
 foreach_lerp_ = torch._foreach_lerp_
@@ -100,7 +115,68 @@ def no_buffer_donation():
     return torch._functorch.config.patch(donated_buffer=False)
 
 
-def jit_binder(kernel, backend) -> Callable:
-    """The argument binder ``JITFunction.run`` uses for ``kernel`` on ``backend``."""
+def dynamo_reset() -> None:
+    """Forgets everything ``torch.compile`` compiled in this process."""
+    torch._dynamo.reset()
+
+
+def inductor_counters() -> dict:
+    """Inductor's event counters (``fxgraph_cache_hit``, ``fxgraph_cache_miss``, ...)."""
+    from torch._dynamo.utils import counters
+    return counters["inductor"]
+
+
+def vector_isa_widths() -> tuple[set[int], int]:
+    """(the bit widths of every vector ISA this CPU can run, the width Inductor picks)."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa, valid_vec_isa_list
+    return {isa.bit_width() for isa in valid_vec_isa_list()}, pick_vec_isa().bit_width()
+
+
+# ---------------------------------------------------------------- triton (bench.gpu_compile)
+
+@contextlib.contextmanager
+def replaced_launches(kernels: dict, make_run: Callable) -> Iterator[None]:
+    """Within the block, a launch of each kernel (name -> JITFunction or InterpretedFunction)
+    calls ``make_run(name, kernel, original)`` 's result instead of ``kernel.run``;
+    ``original(*args, **kwargs)`` launches as Triton would."""
+    saved = {name: kernel.__dict__.get("run") for name, kernel in kernels.items()}
+    for name, kernel in kernels.items():
+        def original(*args, _kernel=kernel, **kwargs):
+            return type(_kernel).run(_kernel, *args, **kwargs)
+        kernel.run = make_run(name, kernel, original)
+    try:
+        yield
+    finally:
+        for name, kernel in kernels.items():
+            if saved[name] is None:
+                kernel.__dict__.pop("run", None)
+            else:
+                kernel.run = saved[name]
+
+
+def gpu_backend(arch: int):
+    """Triton's compiler backend for an NVIDIA GPU of compute capability ``arch`` (80, 90)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
+    return make_backend(GPUTarget("cuda", arch, 32))
+
+
+def launch_specialization(kernel, backend, args: list, kwargs: dict) -> tuple:
+    """Triton's (options, signature, constexprs, attrs) for launching ``kernel`` with
+    ``args``/``kwargs`` on ``backend``, from the binder ``JITFunction.run`` uses."""
     from triton.runtime.jit import create_function_from_signature
-    return create_function_from_signature(kernel.signature, kernel.params, backend)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    return kernel._pack_args(backend, kwargs, bound_args, specialization, options)
+
+
+def compile_for_gpu(kernel, signature: dict, constexprs: dict, arch: int,
+                    attrs: dict | None = None, options: dict | None = None):
+    """``triton.compile`` of ``kernel`` for an NVIDIA GPU of compute capability ``arch``,
+    ahead of time (no GPU needed): the compiled kernel, whose ``asm`` holds ttir ... cubin."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    source = ASTSource(kernel, signature, constexprs, attrs) if attrs is not None \
+        else ASTSource(kernel, signature, constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)

@@ -156,7 +156,7 @@ class GanLogitsFunction(torch.autograd.Function):
             dx = call_op(_backward_op, dout, class_logits, lse, ctx.extra_class, ctx.backend)
         return dx, None, None
 
-    vmap, jvp = _transforms.refusals("gan_logits")
+    vmap = _transforms.vmap_refusal("gan_logits")
 
 
 def gan_logits(class_logits: torch.Tensor, *, extra_class: bool = False) -> torch.Tensor:
@@ -171,6 +171,7 @@ def gan_logits(class_logits: torch.Tensor, *, extra_class: bool = False) -> torc
     backend = backend_for(class_logits)
     if backend == "torch":
         return reference.gan_logits(class_logits, extra_class=extra_class)
+    _transforms.check_no_tangents("gan_logits", class_logits)
     if not _checks.int32_addressable(class_logits):
         class_logits = class_logits.contiguous()  # its element count fits, so its copy does
     return GanLogitsFunction.apply(class_logits, bool(extra_class), backend)[0]

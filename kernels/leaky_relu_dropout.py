@@ -368,7 +368,7 @@ class LeakyReLUDropoutFunction(torch.autograd.Function):
                 dscale if ctx.needs_input_grad[1] else None,
                 dshift if ctx.needs_input_grad[2] else None, None, None, None, None)
 
-    vmap, jvp = _transforms.refusals("leaky_relu_dropout")
+    vmap = _transforms.vmap_refusal("leaky_relu_dropout")
 
 
 _UNUSED_SEEDS: dict[torch.device, torch.Tensor] = {}
@@ -404,6 +404,7 @@ def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float
         return reference.leaky_relu_dropout(x, negative_slope=negative_slope, p=p,
                                              training=training, seed=seed, scale=scale,
                                              shift=shift)
+    _transforms.check_no_tangents("leaky_relu_dropout", x, scale, shift)
     drop = float(p) if training else 0.0
     seed_tensor = _checks.resolve_seed(seed, x.device) if drop > 0 else _unused_seed(x.device)
     # the kernels index scale and shift with stride 1 (C elements: the copy is free)

@@ -174,7 +174,7 @@ class MaskedCrossEntropyFunction(torch.autograd.Function):
             dx = call_op(_backward_op, dloss, denom, logits, target, weight, lse, ctx.backend)
         return dx, None, None, None
 
-    vmap, jvp = _transforms.refusals("masked_cross_entropy")
+    vmap = _transforms.vmap_refusal("masked_cross_entropy")
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
@@ -193,6 +193,7 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
     backend = backend_for(logits)
     if backend == "torch":
         return reference.masked_cross_entropy(logits, target, mask)
+    _transforms.check_no_tangents("masked_cross_entropy", logits)
     if not _checks.int32_addressable(logits):
         logits = logits.contiguous()  # its element count fits, so its copy does
     # the kernels index target and weight with stride 1

@@ -77,7 +77,7 @@ def evaluate_checkpoint(path: str | Path, *, device: str = "auto",
     cfg.eval_bn = eval_bn or cfg.eval_bn
     cfg.data_dir = data_dir or cfg.data_dir
     data = load_data(cfg, download=False)
-    if data.test is None:
+    if data.test is None or not len(data.test):
         raise ValueError(f"{cfg.data_dir} has no test set to evaluate on (for --dataset folder, "
                          "add a test/<class>/ folder)")
     data = data.to(dev)

@@ -420,7 +420,7 @@ class Trainer:
 
     def _test_accuracy(self, d: Discriminator) -> float:
         test = self.data.test
-        if test is None:
+        if test is None or not len(test):
             return float("nan")
         return accuracy(d, test.images, test.labels, eval_batch_size(self.cfg),
                         self.data.num_classes)

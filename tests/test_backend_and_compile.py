@@ -8,6 +8,7 @@ import torch
 
 import ssgan.kernels as K
 from ssgan.kernels import _backend
+from ssgan.kernels import _private_api as private
 from conftest import KERNEL_PATH
 
 
@@ -60,8 +61,7 @@ def test_without_a_compiler_the_cpu_path_warns_once_and_runs_the_twins(tmp_path)
     """A fresh process whose C++ compiler is missing: the first op warns, every op still gives
     the twin's exact result, and backend_for then names the torch path."""
     code = """
-import warnings, torch, torch._inductor.config as config
-config.cpp.cxx = ("/nonexistent/g++",)
+import warnings, torch
 import ssgan.kernels as K
 x = torch.randn(4, 6, 5, requires_grad=True)
 assert K.backend_for(x) == "inductor"
@@ -80,6 +80,7 @@ print("ok")
 """
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SSGAN_KERNELS")}
     env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path)  # no cached kernel may hide the failure
+    env["CXX"] = "/nonexistent/g++"  # Inductor's compiler, as a user's PATH may lack one
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
@@ -93,7 +94,7 @@ def _head(x, scale, shift, target, mask):
 
 @pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
 def test_torch_compile_fullgraph_traces_the_ops(backend, device, compile_backend):
-    torch._dynamo.reset()
+    private.dynamo_reset()
     x = torch.randn(4, 12, 3, 3, device=device, requires_grad=True)
     scale = torch.rand(12, device=device, requires_grad=True)
     shift = torch.randn(12, device=device, requires_grad=True)
@@ -117,7 +118,7 @@ def _ssgan_ops_dispatched(fn, *args) -> set:
     """Names of the ssgan custom ops that the dispatcher saw while ``fn(*args)`` ran."""
     seen = set()
 
-    class Log(torch.utils._python_dispatch.TorchDispatchMode):
+    class Log(private.TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func.namespace == "ssgan":
                 seen.add(func.name())
@@ -144,7 +145,7 @@ def test_eager_calls_skip_the_custom_op_dispatch_and_tracing_keeps_it(backend, d
                          if "ssgan" in str(n.target))
         return gm.forward
 
-    torch._dynamo.reset()
+    private.dynamo_reset()
     torch.compile(_head, fullgraph=True, backend=record)(*args).backward()
     assert {"ssgan.leaky_relu_dropout_fwd.default", "ssgan.gan_logits_fwd.default",
             "ssgan.masked_cross_entropy_fwd.default"} <= graph_ops, graph_ops

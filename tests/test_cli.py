@@ -5,10 +5,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from bench import accuracy_report
-from ssgan import cli
+import ssgan.train as T
+from ssgan import cli, distributed
 from ssgan.data import BUNDLED_MNIST
 from ssgan.config import RECIPES, TrainConfig, config_for
 from test_data import write_image_folder, write_svhn
@@ -145,3 +147,66 @@ def test_bare_train_uses_the_improved_recipe_on_the_bundled_data(tmp_path, capsy
     assert "5000 train images (100 labeled, 10 classes), 10000 test" in out
     assert out.strip().splitlines()[-1].startswith("ssgan: done: test accuracy")
     assert json.loads((run / "summary.json").read_text())["test_accuracy"] > 0.1
+
+
+class _Failing:
+    """A Trainer whose fit raises ``error``."""
+    error: BaseException = RuntimeError()
+
+    def __init__(self, cfg):
+        pass
+
+    def fit(self):
+        raise self.error
+
+
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("error,says,never", [
+    (T.TrainingError("non-finite loss at epoch 1, steps 1..8"), "non-finite loss", "died"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+     "out of memory", "died"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"),
+     "out of memory", "died"),
+])
+def test_train_errors_name_their_real_cause(monkeypatch, capsys, world, error, says, never):
+    """On one rank or under torchrun: a non-finite loss or an allocation failure is reported
+    as what it is, never as a peer's death; out of memory names --batch-size."""
+    monkeypatch.setattr(distributed, "_joined_group", distributed.Group(0, world))
+    monkeypatch.setattr(cli, "Trainer", type("T", (_Failing,), {"error": error}))
+    assert cli.main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and never not in err, err
+    if says == "out of memory":
+        assert "--batch-size" in err
+
+
+def test_under_torchrun_a_lost_peer_is_one_line_and_a_bug_is_a_traceback(monkeypatch, capsys):
+    monkeypatch.setattr(distributed, "_joined_group", distributed.Group(1, 2))
+    peer = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection "
+                        "closed by peer [127.0.0.1]:1234")
+    monkeypatch.setattr(cli, "Trainer", type("T", (_Failing,), {"error": peer}))
+    assert cli.main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert "rank 1 of 2 stopped" in err and "Another process died" in err and "--resume" in err
+    monkeypatch.setattr(distributed, "_joined_group", distributed.Group(1, 2))
+    bug = RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    monkeypatch.setattr(cli, "Trainer", type("T", (_Failing,), {"error": bug}))
+    with pytest.raises(RuntimeError, match="mat1"):
+        cli.main(["train"])
+
+
+@pytest.mark.parametrize("command,target,argv", [
+    ("eval", "evaluate_checkpoint", ["eval", "run"]),
+    ("predict", "predict", ["predict", "run", "images"]),
+    ("train", "Trainer", ["train"]),
+])
+def test_ctrl_c_says_interrupted_and_mentions_resume_only_for_train(monkeypatch, capsys,
+                                                                    command, target, argv):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, target, type("T", (_Failing,), {"error": KeyboardInterrupt()})
+                        if target == "Trainer" else interrupted)
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.startswith(f"ssgan {command}: interrupted") and err.count("\n") == 1, err
+    assert ("--resume" in err) == (command == "train"), err

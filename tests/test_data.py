@@ -29,6 +29,29 @@ def write_svhn(folder: Path, n_train: int = 30, n_test: int = 20, seed: int = 0)
     return arrays
 
 
+@pytest.mark.parametrize("bad", [11, 200])
+def test_svhn_labels_outside_1_to_10_are_named_in_the_files_terms(tmp_path, bad):
+    """The check runs after torchvision maps 10 to 0, on 0..9; the message speaks of the
+    file's 1..10 and says what it found, mapped."""
+    write_svhn(tmp_path)
+    mat = scipy.io.loadmat(tmp_path / D.SVHN_FILES["train"][0])
+    mat["y"][5, 0] = bad
+    scipy.io.savemat(tmp_path / D.SVHN_FILES["train"][0], {"X": mat["X"], "y": mat["y"]})
+    with pytest.raises(D.DataError) as err:
+        D.load_svhn(tmp_path, download=False, verify_md5=False)
+    message = str(err.value)
+    assert "outside 1..10" in message and "after mapping 10, the digit 0, to 0" in message
+    assert f"found 0..{bad}" in message, message
+
+
+def test_an_empty_test_split_stays_a_split(tmp_path):
+    empty = D.Split(torch.zeros(0, 1, 32, 32, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
+    data = D.Dataset(D.Split(torch.zeros(4, 1, 32, 32, dtype=torch.uint8), torch.arange(4) % 2),
+                     empty, 2)
+    moved = data.to(torch.device("cpu"))
+    assert moved.test is not None and len(moved.test) == 0
+
+
 def test_svhn_round_trip_maps_label_10_to_0(tmp_path):
     arrays = write_svhn(tmp_path)
     ds = D.load_svhn(tmp_path, download=False, verify_md5=False)

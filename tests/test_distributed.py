@@ -1,6 +1,8 @@
 """Data-parallel training across processes (ssgan.distributed), on the CPU with gloo: two ranks
 with the global batch B against one process with B, and real torchrun runs of ``ssgan train``
 (outputs, resume, a killed worker)."""
+import datetime
+import json
 import os
 import signal
 import socket
@@ -111,6 +113,74 @@ def test_two_ranks_with_the_global_batch_equal_one_process(one_process, tmp_path
 def test_without_its_synchronisation_two_ranks_differ(one_process, tmp_path, broken):
     """The equivalence above fails when either synchronisation is taken out."""
     assert len(differences(one_process, two_ranks(tmp_path, broken))) > 10
+
+
+def _bn_rank(rank: int, world: int, port: int, out: str, seed: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    distributed.join(torch.device("cpu"))
+    group = distributed.current()
+    draws = torch.Generator().manual_seed(seed)  # alike on both ranks
+    x = 1e4 + torch.randn(8, 3, 5, 5, generator=draws)
+    weight, bias = torch.rand(3, generator=draws) + 0.5, torch.randn(3, generator=draws)
+    running = torch.zeros(3), torch.ones(3)
+    y = distributed.synced_batch_norm(group, group.shard(x), weight, bias, *running,
+                                      momentum=0.5, eps=1e-3, track=True)
+    torch.save({"y": y, "running_mean": running[0], "running_var": running[1],
+                "weight": weight, "bias": bias, "x": x}, Path(out) / f"bn-{rank}.pt")
+    distributed.leave()
+
+
+def test_synced_batch_norm_is_stable_when_the_mean_dwarfs_the_std(tmp_path):
+    """Data of mean 1e4 and std 1 over two ranks against fp64 batch norm of the whole batch
+    (E[x^2] - E[x]^2 in fp32 loses the variance entirely there)."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    mp.spawn(_bn_rank, args=(2, free_port(), str(tmp_path), seed), nprocs=2)
+    ranks = [torch.load(tmp_path / f"bn-{r}.pt") for r in (0, 1)]
+    x = ranks[0]["x"].double()
+    running_mean, running_var = torch.zeros(3, dtype=torch.float64), torch.ones(3,
+                                                                               dtype=torch.float64)
+    truth = torch.nn.functional.batch_norm(x, running_mean, running_var,
+                                           ranks[0]["weight"].double(), ranks[0]["bias"].double(),
+                                           training=True, momentum=0.5, eps=1e-3)
+    y = torch.cat([r["y"] for r in ranks]).double()
+    torch.testing.assert_close(y, truth, rtol=0, atol=2e-2, msg=f"seed {seed}")
+    for r in ranks:
+        torch.testing.assert_close(r["running_var"].double(), running_var, rtol=1e-2, atol=0)
+        torch.testing.assert_close(r["running_mean"].double(), running_mean, rtol=1e-6, atol=0)
+
+
+def _restarted_rank(rank: int, world: int, port: int, root: str) -> None:
+    """A rank of a group that torchrun restarted, on a node of its own: its run folder is
+    root/node<rank> (rank 1's does not exist). Records the epochs it trains."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), TORCHELASTIC_RESTART_COUNT="1")
+    torch.set_num_threads(1)
+    distributed.TIMEOUT = datetime.timedelta(seconds=60)  # a hang fails in a minute
+    trained = []
+    train_epoch = T.Trainer._train_epoch
+
+    def record(self, check):
+        trained.append(self.epoch)
+        train_epoch(self, check)
+    T.Trainer._train_epoch = record
+    trainer = T.Trainer(tiny_config(Path(root) / f"node{rank}", **KNOBS), tiny_dataset())
+    trainer.fit()
+    (Path(root) / f"trained-{rank}.json").write_text(json.dumps(trained))
+    distributed.leave()
+
+
+def test_a_restarted_group_without_a_shared_disk_resumes_on_every_rank(tmp_path):
+    """Rank 0 alone sees the run folder: it decides to resume and every rank follows, from
+    the same epoch."""
+    T.Trainer(tiny_config(tmp_path / "node0", **{**KNOBS, "epochs": 1}), tiny_dataset()).fit()
+    mp.spawn(_restarted_rank, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    assert [json.loads((tmp_path / f"trained-{r}.json").read_text()) for r in (0, 1)] == [
+        [1], [1]]
+    assert [r["epoch"] for r in read_metrics(tmp_path / "node0" / "run" / "metrics.csv")] == [
+        "1", "2"]
+    assert not (tmp_path / "node1").exists()  # rank 1 writes nothing
 
 
 # ------------------------------------------------------------------ torchrun, the CLI

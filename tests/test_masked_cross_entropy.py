@@ -189,6 +189,21 @@ def test_deferred_target_check_flags_on_the_device_instead_of_raising(backend, d
         K.masked_cross_entropy(logits, target, mask)
 
 
+def test_a_captured_step_still_flags_a_bad_target(backend, device, monkeypatch):
+    """While a CUDA graph is being captured the host may read nothing, but the deferred flag
+    must still be set, or a replayed graph would never report a bad label (capture is
+    simulated here: every path asks _target_checks.capturing)."""
+    from ssgan.kernels import _target_checks
+    monkeypatch.setattr(_target_checks, "capturing", lambda t: True)
+    logits, target, mask = _batch(6, 10, torch.float32, device)
+    mask[1], target[1] = True, 12
+    K.masked_cross_entropy(logits, target, mask)  # capturing, not deferred: no read, no raise
+    with K.deferred_target_checks() as check:
+        K.masked_cross_entropy(logits, target, mask)
+    assert check.flagged().tolist() == [1.0]
+    assert K.backend_for(logits) == backend
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda z, t, m: (z, t.float(), m), "target must be an int64"),
     (lambda z, t, m: (z, t, m.long()), "mask must be a bool or float"),

@@ -2,10 +2,10 @@
 that use it give layer(x)'s values and gradients."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 import torch.nn.functional as F
 from torch import nn
 
+from ssgan.kernels._private_api import TorchDispatchMode
 from ssgan.subpixel import MAX_NARROW_CHANNELS, deconv, subpixel_conv_transpose
 
 

@@ -294,10 +294,13 @@ def test_scheduled_lr():
     assert T.scheduled_lr(T.TrainConfig(lr=0.5, lr_schedule="constant"), 1000, 10) == 0.5
     lin = T.TrainConfig(lr=2.0, lr_schedule="linear", epochs=4)
     lrs = [T.scheduled_lr(lin, step, 10) for step in range(40)]
-    assert lrs[:21] == [2.0] * 21                      # constant for the first half
+    assert lrs[0] == 2.0 and lrs[:21] == [2.0] * 21     # the first step, and the first half
+    assert lrs[20] == 2.0 and lrs[21] < 2.0              # the midpoint: the last at full lr
     assert all(a > b for a, b in zip(lrs[20:], lrs[21:]))  # then straight down ...
-    assert lrs[-1] == pytest.approx(2.0 * 2 / 40)       # ... reaching 0 one step after the end
     assert lrs[30] == pytest.approx(1.0)
+    # ... to the docstring's last step, 2 * lr / T: the line would reach 0 one step later
+    assert lrs[-1] == pytest.approx(2 * lin.lr / 40) and lrs[-1] > 0
+    assert lrs[-1] - (lrs[-2] - lrs[-1]) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_evaluation_uses_the_weight_average_and_the_checkpoint_keeps_it(tmp_path):

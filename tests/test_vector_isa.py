@@ -8,10 +8,9 @@ runs on an AVX-512 CPU), against the eager twins.
 """
 import pytest
 import torch
-import torch._inductor.config as inductor_config
-from torch._inductor.cpu_vec_isa import pick_vec_isa, valid_vec_isa_list
 
 import ssgan.kernels as K
+from ssgan.kernels._private_api import inductor_config, vector_isa_widths
 import ssgan.kernels._inductor as compiled_path
 from ssgan.kernels import reference as ref
 from helpers import randn
@@ -20,8 +19,8 @@ pytestmark = pytest.mark.isa
 
 # simdlen 1 matches no ISA, so Inductor emits scalar loops. The width Inductor picks by itself
 # is left out: every other test of the inductor backend runs under it.
-WIDTHS = sorted(({1} | {isa.bit_width() for isa in valid_vec_isa_list()})
-                - {pick_vec_isa().bit_width()})
+VALID, PICKED = vector_isa_widths()
+WIDTHS = sorted(({1} | VALID) - {PICKED})
 
 
 @pytest.fixture(params=WIDTHS, ids=lambda w: "scalar" if w == 1 else f"{w}-bit")
