@@ -14,8 +14,11 @@ setup(
     package_dir={"ssgan": "ssgan", "ssgan.kernels": "kernels"},
     # the MNIST subset a bare `ssgan train` uses, with its source/license README
     package_data={"ssgan": ["bundled/mnist/*.gz", "bundled/mnist/README.md"]},
-    install_requires=["torch==2.14.1", "torchvision==0.29.1", "triton==3.8.0", "numpy", "scipy",
-                      "tqdm", "matplotlib", "pillow"],
-    extras_require={"dev": ["pytest>=8", "pytest-xdist==3.8.0"]},
+    # triton publishes Linux wheels only, and the CPU path never needs it (as torch's own
+    # metadata does, the pin applies on Linux)
+    install_requires=["torch==2.14.1", "torchvision==0.29.1",
+                      'triton==3.8.0; platform_system == "Linux"', "numpy", "scipy", "tqdm",
+                      "matplotlib", "pillow"],
+    extras_require={"dev": ["pytest>=8", "pytest-xdist==3.8.0", "packaging"]},
     entry_points={"console_scripts": ["ssgan=ssgan.cli:main"]},
 )

@@ -32,8 +32,8 @@ import torch
 
 from ssgan.kernels import _private_api as private
 
-KERNEL_MODULES = ("ssgan.kernels.leaky_relu_dropout", "ssgan.kernels.gan_logits",
-                  "ssgan.kernels.masked_cross_entropy")
+KERNEL_MODULES = ("ssgan.kernels._triton_leaky_relu_dropout", "ssgan.kernels._triton_gan_logits",
+                  "ssgan.kernels._triton_masked_cross_entropy")
 ARCHS = (80, 90)   # A100, H100
 
 

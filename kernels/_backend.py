@@ -8,7 +8,10 @@ call, so tests and the trainer can switch paths without re-importing.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import os
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -56,7 +59,9 @@ def backend_for(tensor: torch.Tensor) -> str:
 
     auto: CUDA tensors use compiled Triton; CPU tensors use the interpreter when
     ``TRITON_INTERPRET=1`` was set before import, else the Inductor-compiled twins (the eager
-    twins where compilation failed).
+    twins where compilation failed, or where this torch lacks a private API the compiled path
+    needs). Without triton installed, what would take a Triton path takes the eager twins,
+    after one warning.
     triton: like auto, but a tensor no Triton path can serve raises instead of falling back.
     inductor: the Inductor-compiled twins on any device.
     torch: the eager twins, the reference.
@@ -66,6 +71,13 @@ def backend_for(tensor: torch.Tensor) -> str:
         return "torch"
     if name == "inductor" or (name == "auto" and not INTERPRET and not tensor.is_cuda):
         return "inductor" if _inductor.available() else "torch"
+    if not triton_available():
+        if name == "triton":
+            raise ValueError("SSGAN_KERNELS=triton, but triton is not installed: install it "
+                             "(pip install triton==3.8.0, Linux only) or choose the inductor "
+                             "or torch backend (--kernels inductor / --kernels torch)")
+        _warn_once(NO_TRITON)
+        return "torch"
     if INTERPRET:
         return "interpret"
     if tensor.is_cuda:
@@ -75,6 +87,34 @@ def backend_for(tensor: torch.Tensor) -> str:
         "use a CUDA device, set TRITON_INTERPRET=1 before importing ssgan for CPU tensors, "
         "or choose the inductor or torch backend (SSGAN_KERNELS=inductor / --kernels inductor)"
     )
+
+
+NO_TRITON = ("ssgan.kernels: triton is not installed, so CUDA tensors (and TRITON_INTERPRET=1) "
+             "run the eager PyTorch twins instead of the fused Triton kernels, which is slower; "
+             "install triton (pip install triton==3.8.0, Linux only) for the fused kernels")
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether triton can be imported (checked once, by importing it)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def triton_module(op: str):
+    """The module of ``op``'s Triton kernels and launchers (``._triton_<op>``), imported on
+    first use: only a call on the Triton path reaches it."""
+    return importlib.import_module(f"._triton_{op}", __package__)
 
 
 def call_op(op, *args):

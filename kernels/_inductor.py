@@ -20,12 +20,12 @@ the ``torch`` path that really runs.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from collections import Counter
 from collections.abc import Callable
 
 import torch
-from torch.fx.experimental.proxy_tensor import make_fx
 
 from . import _private_api as private
 
@@ -51,7 +51,7 @@ class _Compiled:
 
         # functional ATen graph (the twins write into buffers they allocate), Inductor's
         # decompositions, every size and stride a symbol unless it is 0 or 1
-        graph = make_fx(torch.func.functionalize(on_tensors, remove="mutations"),
+        graph = private.make_fx(torch.func.functionalize(on_tensors, remove="mutations"),
                         decomposition_table=private.select_decomp_table(),
                         tracing_mode="symbolic")(*tensors)
         self._placeholders = [n.meta["val"] for n in graph.graph.nodes if n.op == "placeholder"]
@@ -93,15 +93,44 @@ def forget_compiled() -> None:
 
 
 def available() -> bool:
-    """False once a compilation has failed in this process (the eager twins run instead)."""
+    """False once a compilation has failed in this process, or when this torch lacks a
+    private API the compiled path needs (the eager twins run instead, after one warning)."""
+    if _failure is None and private.unavailable is not None:
+        _give_up(private.unavailable, _private_api_advice())
     return _failure is None
+
+
+def _private_api_advice() -> str:
+    pinned = "" if torch.__version__.split("+")[0] == private.PINNED_TORCH else (
+        f" (this is torch {torch.__version__}; ssgan pins {private.PINNED_TORCH})")
+    return ("this torch lacks or changed a private API that the compiled CPU path uses"
+            f"{pinned}: kernels/_private_api.py lists them. Install the pinned torch for the "
+            "fast path, or choose the torch backend (SSGAN_KERNELS=torch / --kernels torch) "
+            "to silence this")
+
+
+def _compiler_advice() -> str:
+    compiler = os.environ.get("CXX") or "g++"
+    return (f"no working C++ compiler ({compiler}); every step of the CPU path then runs "
+            "the eager twins, several times slower (README, Backends). Install a C++ "
+            "compiler (e.g. g++) or set CXX to one for the fast path, or choose the torch "
+            "backend (SSGAN_KERNELS=torch / --kernels torch) to silence this")
+
+
+def _give_up(reason: str, advice: str) -> None:
+    """Turns the compiled path off for this process, with one warning."""
+    global _failure
+    _failure = reason
+    warnings.warn(f"ssgan.kernels: the CPU kernels cannot be compiled by Inductor ({reason}); "
+                  f"running the eager PyTorch twins instead: {advice}.", RuntimeWarning,
+                  stacklevel=5)
 
 
 def call(fn: Callable, *args):
     """``fn(*args)`` through its Inductor-compiled version, without autograd (the callers are
     the forward and backward halves of a custom op). Tensors may have any sizes and strides;
     every other argument (floats, flags, None) is a compile-time constant."""
-    if _failure is not None:
+    if not available():
         return fn(*args)
     tensors, layout = [], [fn]
     for a in args:
@@ -121,10 +150,13 @@ def call(fn: Callable, *args):
     return outputs[0] if compiled.single_output else tuple(outputs)
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
 def _variant_for(fn: Callable, args: tuple, tensors: list[torch.Tensor]) -> _Compiled | None:
     """A compiled variant whose guards hold for ``args``, compiling one when none does; None
     (after one warning) when compilation fails."""
-    global _failure
     key = (fn, *[(a.dtype, a.device, a.dim()) if isinstance(a, torch.Tensor) else a
                  for a in args])
     variants = _variants.setdefault(key, [])
@@ -135,13 +167,10 @@ def _variant_for(fn: Callable, args: tuple, tensors: list[torch.Tensor]) -> _Com
         with private.clean_dispatch_state():
             variant = _Compiled(fn, args)
     except private.BackendCompilerFailed as err:  # Inductor's errors derive from it
-        _failure = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        warnings.warn(
-            "ssgan.kernels: the CPU kernels could not be compiled by Inductor "
-            f"({_failure}); running the eager PyTorch twins instead, which is slower. "
-            "Install a C++ compiler (e.g. g++) to get the fast path, or choose the "
-            "torch backend explicitly (SSGAN_KERNELS=torch / --kernels torch) to "
-            "silence this.", RuntimeWarning, stacklevel=4)
+        _give_up(_first_line(err), _compiler_advice())
+        return None
+    except (TypeError, AttributeError, ImportError) as err:  # a private API changed
+        _give_up(_first_line(err), _private_api_advice())
         return None
     variants.append(variant)
     _built[fn] += 1

@@ -44,38 +44,83 @@ module: ``tests/test_private_api.py`` fails on one):
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 
 import torch
-from torch._dynamo.exc import BackendCompilerFailed
-from torch._guards import TracingContext, tracing
-from torch._inductor import config as inductor_config
-from torch._inductor.compile_fx import compile_fx_inner
-from torch._inductor.decomposition import select_decomp_table
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
-from torch.utils._pytree import tree_leaves
+
+# Lines torch logs on a CPU-only machine, or one without triton, when the imports below (or
+# Inductor's compile) load these modules: they say nothing about the CPU path, and a newcomer
+# reads them as something broken. (logger -> the start of the message dropped)
+TORCH_NOTICES = {"torch.utils.cpp_extension": "No CUDA runtime is found",
+                 "torch.utils.flop_counter": "triton not found"}
+
+
+class _Drop(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+for _logger, _prefix in TORCH_NOTICES.items():
+    logging.getLogger(_logger).addFilter(_Drop(_prefix))
+
+PINNED_TORCH = "2.14.1"  # the release every entry above was checked against (setup.py's pin)
+
+# On another torch a name may be gone or changed: ``unavailable`` then says which, and only
+# the compiled CPU path (``ssgan.kernels._inductor``) turns itself off; the eager twins and
+# the Triton GPU path never need these.
+try:
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch._guards import TracingContext, tracing
+    from torch._inductor import config as inductor_config
+    from torch._inductor.compile_fx import compile_fx_inner
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+    from torch.utils._pytree import tree_leaves
+    # the dispatcher's thread-local key sets outside any op: a custom op's body, reached
+    # through the dispatcher (opcheck, a dispatch mode), runs with the tracing keys excluded
+    _DEFAULT_KEY_SETS = (torch._C._dispatch_tls_local_include_set(),
+                         torch._C._dispatch_tls_local_exclude_set())
+    _ForceDispatchKeyGuard = torch._C._ForceDispatchKeyGuard
+    unavailable: str | None = None
+except (ImportError, AttributeError) as err:
+    unavailable = f"{type(err).__name__}: {err}"
+
+    class BackendCompilerFailed(Exception):
+        """Stands in for torch's, which this torch lacks; nothing raises it."""
 
 __all__ = ["BackendCompilerFailed", "TorchDispatchMode", "assert_async", "clean_dispatch_state",
            "compile_for_gpu", "compile_graph", "custom_op_body", "dynamo_reset",
            "foreach_lerp_", "gpu_backend", "guards_hold", "inductor_cache_dir",
-           "inductor_config", "inductor_counters", "launch_specialization",
+           "inductor_config", "inductor_counters", "launch_specialization", "make_fx",
            "no_buffer_donation", "replaced_launches", "select_decomp_table", "tree_leaves",
            "vector_isa_widths"]
 
-assert_async = torch._assert_async
-foreach_lerp_ = torch._foreach_lerp_
 
-# the dispatcher's thread-local key sets outside any op: a custom op's body, reached through
-# the dispatcher (opcheck, a dispatch mode), runs with the tracing keys excluded
-_DEFAULT_KEY_SETS = (torch._C._dispatch_tls_local_include_set(),
-                     torch._C._dispatch_tls_local_exclude_set())
+
+def _lerp_each_(targets: list, ends: list, weight: float) -> None:
+    for target, end in zip(targets, ends):
+        target.lerp_(end, weight)
+
+
+def _no_async_assert(condition: torch.Tensor, message: str) -> None:
+    """Where this torch has no device-side assert, the traced check is skipped."""
+
+
+assert_async = getattr(torch, "_assert_async", _no_async_assert)
+foreach_lerp_ = getattr(torch, "_foreach_lerp_", _lerp_each_)  # one launch for all tensors
 
 
 @contextlib.contextmanager
 def clean_dispatch_state() -> Iterator[None]:
     """Tracing sees neither the dispatch state of the op being run nor a dispatch mode the
     op runs under (opcheck's, a profiler's), and no autograd."""
-    with torch._C._ForceDispatchKeyGuard(*_DEFAULT_KEY_SETS), _disable_current_modes(), \
+    with _ForceDispatchKeyGuard(*_DEFAULT_KEY_SETS), _disable_current_modes(), \
             torch.no_grad():
         yield
 
@@ -105,8 +150,11 @@ def custom_op_body(op) -> Callable:
 
 def inductor_cache_dir() -> str:
     """Where Inductor keeps compiled kernels between runs (``TORCHINDUCTOR_CACHE_DIR``)."""
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
-    return cache_dir()
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        return cache_dir()
+    except (ImportError, AttributeError):
+        return "Inductor's cache directory"
 
 
 def no_buffer_donation():

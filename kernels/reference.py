@@ -62,6 +62,20 @@ def has_channels_last_strides(x: torch.Tensor) -> bool:
     return x.movedim(1, -1).is_contiguous()
 
 
+def native_layout(t: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
+    """``t`` in a layout the fused activation's kernels read (channels-first or channels-last,
+    or the one ``channels_last`` asks for); a copy only when it has neither."""
+    if channels_last is None:
+        if t.is_contiguous() or is_channels_last(t):
+            return t
+        return t.contiguous()
+    if channels_last and t.dim() > 2:
+        if has_channels_last_strides(t):
+            return t
+        return t.movedim(1, -1).contiguous().movedim(-1, 1)
+    return t.contiguous()
+
+
 def output_like(x: torch.Tensor) -> torch.Tensor:
     """An empty output of x's shape and dtype in the layout every path returns: x's own when
     x is contiguous or channels-last, contiguous for any other strides."""

@@ -190,7 +190,7 @@ def test_opcheck_every_custom_op(device, path):
 def test_launch_grids_stay_within_gpu_limits(shape, channels_last):
     """A GPU grid allows 2**31 - 1 programs on axis 0 but 65535 on axes 1 and 2: the
     activation kernels launch 1-D grids, whatever the number of channels."""
-    L = importlib.import_module("ssgan.kernels.leaky_relu_dropout")
+    L = importlib.import_module("ssgan.kernels._triton_leaky_relu_dropout")
     x = torch.empty(shape, device="meta")
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)

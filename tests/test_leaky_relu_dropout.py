@@ -308,7 +308,7 @@ def test_spatial_size_above_one_block(backend, device, channels_last):
 SM90_TTIR = """
 import importlib, json, sys
 from ssgan.kernels._private_api import compile_for_gpu
-L = importlib.import_module("ssgan.kernels.leaky_relu_dropout")
+L = importlib.import_module("ssgan.kernels._triton_leaky_relu_dropout")
 kernel = getattr(L, sys.argv[1])
 flags = json.loads(sys.argv[2])
 signature = {name: "*fp64" if name.endswith("_ptr") else "i32" for name in kernel.arg_names}
