@@ -115,7 +115,7 @@ def bench_kernel_launches() -> list[dict]:
 
 def kernel_kind(result: dict) -> str:
     module, name = result["kernel"].rsplit(".", 1)[-1].split(":")
-    return f"{module}.{name.strip('_').removesuffix('_kernel')}"
+    return f"{module.removeprefix('_triton_')}.{name.strip('_').removesuffix('_kernel')}"
 
 
 DTYPE_BYTES = {"fp64": 8, "fp32": 4, "fp16": 2, "bf16": 2}
