@@ -111,9 +111,9 @@ def _private_api_advice() -> str:
 
 def _compiler_advice() -> str:
     compiler = os.environ.get("CXX") or "g++"
-    return (f"no working C++ compiler ({compiler}); every step of the CPU path then runs "
-            "the eager twins, several times slower (README, Backends). Install a C++ "
-            "compiler (e.g. g++) or set CXX to one for the fast path, or choose the torch "
+    return (f"no working C++ compiler ({compiler}); the CPU path then runs the eager twins, "
+            "a slower training step (the README's Install section says how much). Install a "
+            "C++ compiler (e.g. g++) or set CXX to one for the fast path, or choose the torch "
             "backend (SSGAN_KERNELS=torch / --kernels torch) to silence this")
 
 

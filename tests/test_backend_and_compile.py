@@ -207,3 +207,21 @@ def test_views_beyond_int32_offsets_are_detected():
     assert not _checks.int32_addressable(torch.empty(2**22, 1024, device="meta")[:, :11])
     assert _checks.int32_addressable(torch.empty(2**22, 11, device="meta"))
     assert _checks.int32_addressable(torch.empty(0, 11, device="meta"))
+
+
+def test_without_triton_the_triton_path_takes_the_twins_after_one_warning(monkeypatch):
+    """What a CUDA tensor (or the interpreter) meets where triton is not installed: the eager
+    twins and one warning naming triton; asking for triton by name says how to install it."""
+    monkeypatch.setattr(_backend, "triton_available", lambda: False)
+    monkeypatch.setattr(_backend, "INTERPRET", True)  # the Triton path, as a CUDA tensor's
+    monkeypatch.setattr(_backend, "_warned", set())
+    x = torch.randn(3, 4)
+    with pytest.warns(RuntimeWarning, match="triton is not installed") as caught:
+        assert K.backend_for(x) == "torch"
+        assert K.backend_for(x) == "torch"
+    assert len(caught) == 1
+    torch.testing.assert_close(K.gan_logits(x), torch.logsumexp(x, 1))
+    with K.use_backend("triton"), pytest.raises(ValueError, match="pip install triton"):
+        K.backend_for(x)
+    with K.use_backend("inductor"):
+        assert K.backend_for(x) in ("inductor", "torch")  # the CPU path never needs triton
