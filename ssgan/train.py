@@ -327,9 +327,9 @@ class Trainer:
                   f"{self.epoch + 1}..{cfg.epochs} | {self.run_dir}")
         self._warmup_pending = kernels != "torch"
         if kernels == "inductor":
-            self._say("ssgan: the first steps compile the CPU kernels with Inductor "
-                      "(about a minute the first time; Inductor caches them in "
-                      f"{_private_api.inductor_cache_dir()} for later runs)")
+            self._say("ssgan: the first steps compile the CPU kernels with Inductor (once: "
+                      f"Inductor caches them in {_private_api.inductor_cache_dir()} for later "
+                      "runs)")
 
     def _train_epoch(self, target_check: K.DeferredTargetCheck) -> None:
         """One pass over the training set. The host reads the device every
