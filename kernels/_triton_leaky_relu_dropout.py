@@ -112,6 +112,21 @@ def _affine(x, c, C, scale_ptr, shift_ptr, HAS_SCALE: tl.constexpr, HAS_SHIFT: t
 
 
 @triton.jit
+def _slope_and_mask(v, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
+                    NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
+                    HAS_DROPOUT: tl.constexpr, SHARED_PHILOX: tl.constexpr,
+                    CHANNELS_LAST: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """``v`` where ``z > 0``, else ``v`` times the slope, then the dropout mask and 1/(1-p):
+    the forward passes v = z, the backward v = dy (the derivative is the same factor)."""
+    out = tl.where(z > 0, v, v * NEGATIVE_SLOPE)
+    if HAS_DROPOUT:
+        keep = _dropout_uniform(seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
+                                SHARED_PHILOX, CHANNELS_LAST, BLOCK_A, BLOCK_B) > P
+        out = tl.where(keep, out * KEEP_SCALE, 0.0)
+    return out
+
+
+@triton.jit
 def _forward_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, seed_ptr, R, C, S, num_s_blocks, num_b,
                     NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
                     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
@@ -124,11 +139,9 @@ def _forward_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, seed_ptr, R, C, S, num_s
     x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
     z, _ = _affine(x, c, C, scale_ptr, shift_ptr, HAS_SCALE, HAS_SHIFT)
-    y = tl.where(z > 0, z, z * NEGATIVE_SLOPE)
-    if HAS_DROPOUT:
-        keep = _dropout_uniform(seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
-                                SHARED_PHILOX, CHANNELS_LAST, BLOCK_A, BLOCK_B) > P
-        y = tl.where(keep, y * KEEP_SCALE, 0.0)
+    y = _slope_and_mask(z, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
+                        NEGATIVE_SLOPE, P, KEEP_SCALE, HAS_DROPOUT, SHARED_PHILOX,
+                        CHANNELS_LAST, BLOCK_A, BLOCK_B)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=in_bounds)
 
 
@@ -148,11 +161,9 @@ def _backward_kernel(dy_ptr, x_ptr, dx_ptr, scale_ptr, shift_ptr, seed_ptr,
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
     dy = dy.to(x.dtype)
     z, scale = _affine(x, c, C, scale_ptr, shift_ptr, HAS_SCALE, HAS_SHIFT)
-    dz = tl.where(z > 0, dy, dy * NEGATIVE_SLOPE)
-    if HAS_DROPOUT:
-        keep = _dropout_uniform(seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
-                                SHARED_PHILOX, CHANNELS_LAST, BLOCK_A, BLOCK_B) > P
-        dz = tl.where(keep, dz * KEEP_SCALE, 0.0)
+    dz = _slope_and_mask(dy, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
+                         NEGATIVE_SLOPE, P, KEEP_SCALE, HAS_DROPOUT, SHARED_PHILOX,
+                         CHANNELS_LAST, BLOCK_A, BLOCK_B)
     tl.store(dx_ptr + offs, (dz * scale).to(dx_ptr.dtype.element_ty), mask=in_bounds)
     if AFFINE_GRADS:
         # per-channel partial sums of this tile: stage one of a deterministic reduction
