@@ -80,22 +80,39 @@ def _plain(layer: nn.Module, x: torch.Tensor, channels: int) -> bool:
             and layer.padding_mode == "zeros")
 
 
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast gives a convolution on ``x``'s device, None outside autocast."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
 class _NarrowConvTranspose(torch.autograd.Function):
-    """A narrow transposed convolution: sub-pixel forward, ATen backward."""
+    """A narrow transposed convolution: sub-pixel forward, ATen backward. Under autocast it
+    computes in autocast's dtype, as ``layer(x)`` would, and its backward hands every input a
+    gradient in that input's own dtype (fp32 master weights get fp32 gradients): ATen's
+    ``convolution_backward`` needs one dtype for all its tensors."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, output_padding):
+        dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        compute = _autocast_dtype(x)
+        if compute is not None:
+            x, weight = x.to(compute), weight.to(compute)
+            bias = None if bias is None else bias.to(compute)
         ctx.save_for_backward(x, weight)
-        ctx.geometry = stride, padding, output_padding
-        return subpixel_conv_transpose(x, weight, bias, stride, padding)
+        ctx.geometry, ctx.dtypes = (stride, padding, output_padding), dtypes
+        with torch.autocast(x.device.type, enabled=False):
+            return subpixel_conv_transpose(x, weight, bias, stride, padding)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
         s, p, op = ctx.geometry
         dx, dw, db = torch.ops.aten.convolution_backward(
-            dy, x, weight, [weight.shape[1]], [s, s], [p, p], [1, 1], True, [op, op], 1,
-            list(ctx.needs_input_grad[:3]))
+            dy.to(x.dtype), x, weight, [weight.shape[1]], [s, s], [p, p], [1, 1], True,
+            [op, op], 1, list(ctx.needs_input_grad[:3]))
+        dx, dw, db = (None if g is None else g.to(dtype)
+                      for g, dtype in zip((dx, dw, db), ctx.dtypes))
         return dx, dw, db, None, None, None
 
 

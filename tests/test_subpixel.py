@@ -114,3 +114,27 @@ def test_narrow_deconv_output_is_channels_first(channels_last):
     y = deconv(layer, x)
     assert y.is_contiguous()
     torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_under_bf16_autocast_it_computes_as_the_layer_does(x_dtype):
+    """Inside torch.autocast the narrow layer computes in bf16 as ``layer(x)`` does (its
+    backward used to fail in oneDNN on mixed dtypes), and every input gets a gradient in its
+    own dtype: fp32 master weights get fp32 gradients."""
+    layer = _fresh(nn.ConvTranspose2d(16, 3, 5, 2, padding=2, output_padding=1))
+    x = (torch.randn(4, 16, 8, 8) * 0.1).to(x_dtype).requires_grad_()
+    dy = torch.randn(4, 3, 16, 16)
+    results = []
+    for run in (deconv, lambda lay, inp: lay(inp)):
+        layer.zero_grad()
+        x.grad = None
+        with torch.autocast("cpu", torch.bfloat16):
+            y = run(layer, x)
+        y.backward(dy.to(y.dtype))
+        results.append((y, x.grad, layer.weight.grad, layer.bias.grad))
+    (y, dx, dw, db), (y_ref, dx_ref, dw_ref, db_ref) = results
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    assert dx.dtype == x_dtype and dw.dtype == db.dtype == torch.float32
+    for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref), (db, db_ref)):
+        scale = want.float().abs().max().item()
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * scale)

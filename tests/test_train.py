@@ -392,3 +392,15 @@ def test_images_are_channels_first_while_feature_maps_follow_the_device(tmp_path
     assert real.is_contiguous() and fake.is_contiguous()
     assert trainer.d.conv2.weight.is_contiguous(memory_format=fmt)
     assert trainer.d.conv1(real).is_contiguous(memory_format=fmt)
+
+
+def test_a_step_runs_inside_bf16_autocast_and_keeps_fp32_weights(tmp_path):
+    """A user's ``torch.autocast`` around the step (the sub-pixel deconvolution's backward
+    failed there on mixed dtypes): finite losses, weights and Adam's state stay fp32."""
+    trainer = T.Trainer(tiny_config(tmp_path, **IMPROVED_KNOBS), tiny_dataset())
+    with torch.autocast("cpu", torch.bfloat16):
+        losses = trainer.step(torch.arange(16))
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    for model, opt in ((trainer.d, trainer.opt_d), (trainer.g, trainer.opt_g)):
+        for p in model.parameters():
+            assert p.dtype == p.grad.dtype == opt.state[p]["exp_avg"].dtype == torch.float32
