@@ -13,6 +13,7 @@ from torch import nn
 from ssgan.data import to_unit_range
 from ssgan.kernels._private_api import no_buffer_donation
 from ssgan.models import BN_EPS
+from ssgan.precision import autocast
 from ssgan.train import Trainer, adam, simultaneous_update
 
 
@@ -106,17 +107,24 @@ def stock_models(trainer: Trainer, compile_mode: str | None = None, channels_las
     return g, d
 
 
-def stock_step(trainer: Trainer, g: nn.Module, d: nn.Module, idx: torch.Tensor) -> dict:
-    """One simultaneous update of stock D and G, as :meth:`Trainer.step` does it.
+def stock_step(trainer: Trainer, g: nn.Module, d: nn.Module, idx: torch.Tensor,
+               precision: str = "fp32") -> dict:
+    """One simultaneous update of stock D and G, as :meth:`Trainer.step` does it; with
+    ``precision="bf16"`` the forward runs under ``torch.autocast`` in bfloat16, the one line
+    a user adds for mixed precision.
 
     The update differentiates D's graph twice (``retain_graph=True``), which AOTAutograd
     refuses once it donates buffers; its error tells the user to turn donation off, which is
     what a user would do, so the step runs without it (for this step only, not the process)."""
     with no_buffer_donation():
-        return _stock_step(trainer, g, d, idx)
+        with autocast(precision, trainer.device):
+            d_loss, g_loss = _stock_losses(trainer, g, d, idx)
+        simultaneous_update(d_loss, g_loss, d, g, trainer.opt_d, trainer.opt_g)
+        return {"d_loss": d_loss, "g_loss": g_loss}
 
 
-def _stock_step(trainer: Trainer, g: nn.Module, d: nn.Module, idx: torch.Tensor) -> dict:
+def _stock_losses(trainer: Trainer, g: nn.Module, d: nn.Module, idx: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = trainer.cfg
     real = to_unit_range(trainer.data.train.images[idx])
     labels = trainer.train_labels[idx]
@@ -127,5 +135,4 @@ def _stock_step(trainer: Trainer, g: nn.Module, d: nn.Module, idx: torch.Tensor)
               + F.binary_cross_entropy_with_logits(gan_real, torch.ones_like(gan_real))
               + F.binary_cross_entropy_with_logits(gan_fake, torch.zeros_like(gan_fake)))
     g_loss = (feat_real.mean(0) - feat_fake.mean(0)).abs().mean()
-    simultaneous_update(d_loss, g_loss, d, g, trainer.opt_d, trainer.opt_g)
-    return {"d_loss": d_loss, "g_loss": g_loss}
+    return d_loss, g_loss

@@ -15,7 +15,12 @@ Variants, all measured in the same run:
 - ``stock+channels_last``: the stock model in the channels-last layout the ssgan step uses on
   a CPU, to show how much of a gain is layout rather than fusion (not a baseline);
 - ``reference``: the trainer on ssgan's eager PyTorch twins (a correctness reference, never a
-  baseline).
+  baseline);
+- with ``--precision bf16``: ``ssgan+bf16`` (``ssgan train --precision bf16``'s step, and its
+  ``+cudagraph`` on a GPU) and the bf16 baselines, the stock step with its forward under
+  ``torch.autocast`` in bfloat16 (``stock+bf16``), compiled (``stock+bf16+compile``) and on a
+  GPU ``+reduce-overhead`` and ``+cudagraph``, timed in the same run as ssgan's and stock's
+  fp32 steps.
 
 Reported per variant: the first step's time (compilation included: ``warmup_s``), the median
 steady-state ms/step, images/s, one SVHN epoch (73,257 images), peak memory of a step, and the
@@ -26,6 +31,7 @@ Output: ``train_step.csv``, ``train_step.md`` and ``train_step.png`` under ``ben
 
     python -m bench.train_step                    # GPU if visible, else CPU (batch 128)
     python -m bench.train_step --device cpu --threads 2
+    python -m bench.train_step --device cpu --threads 2 --precision bf16
     python -m bench.train_step --smoke            # tiny model: checks the harness only
 """
 from __future__ import annotations
@@ -46,9 +52,23 @@ from ssgan.train import Trainer
 
 SVHN_TRAIN_IMAGES = 73_257
 VARIANTS = ("ssgan", "ssgan+cudagraph", "stock", "stock+compile", "stock+reduce-overhead",
-            "stock+cudagraph", "stock+channels_last", "reference")
-BASELINES = ("stock", "stock+compile", "stock+reduce-overhead", "stock+cudagraph")
-GPU_ONLY = ("ssgan+cudagraph", "stock+reduce-overhead", "stock+cudagraph")
+            "stock+cudagraph", "stock+channels_last", "reference", "ssgan+bf16",
+            "ssgan+bf16+cudagraph", "stock+bf16", "stock+bf16+compile",
+            "stock+bf16+reduce-overhead", "stock+bf16+cudagraph")
+BASELINES = ("stock", "stock+compile", "stock+reduce-overhead", "stock+cudagraph", "stock+bf16",
+             "stock+bf16+compile", "stock+bf16+reduce-overhead", "stock+bf16+cudagraph")
+GPU_ONLY = tuple(v for v in VARIANTS if v.endswith(("+cudagraph", "+reduce-overhead")))
+# --precision bf16 times the bf16 variants beside fp32's (ssgan's and stock's) in one run
+PRECISION_VARIANTS = {
+    "fp32": tuple(v for v in VARIANTS if "+bf16" not in v),
+    "bf16": ("ssgan+bf16", "ssgan+bf16+cudagraph", "ssgan", "stock", "stock+compile",
+             "stock+bf16", "stock+bf16+compile", "stock+bf16+reduce-overhead",
+             "stock+bf16+cudagraph"),
+}
+
+
+def variant_precision(variant: str) -> str:
+    return "bf16" if "+bf16" in variant else "fp32"
 
 
 def synthetic_svhn(n: int, size: int = 32) -> Dataset:
@@ -61,7 +81,9 @@ def synthetic_svhn(n: int, size: int = 32) -> Dataset:
 def make_trainer(variant: str, batch: int, smoke: bool, device: torch.device) -> Trainer:
     cfg = config_for("notebook", batch_size=batch, labels=1000 if not smoke else 20,
                      device=str(device), kernels="torch" if variant == "reference" else "auto",
-                     progress=False, out_dir="/nonexistent")
+                     progress=False, out_dir="/nonexistent",
+                     precision=variant_precision(variant) if variant.startswith("ssgan")
+                     else "fp32")
     if smoke:
         cfg.d_size_mult, cfg.g_size_mult, cfg.z_dim = 4, 4, 8
     trainer = Trainer(cfg, synthetic_svhn(max(4 * batch, 1000 if not smoke else 64)))
@@ -75,12 +97,13 @@ def step_fn(variant: str, batch: int, smoke: bool, device: torch.device):
     trainer = make_trainer(variant, batch, smoke, device)
     graphed = variant.endswith("+cudagraph")
     if variant.startswith("stock"):
-        compile_mode = {"stock+compile": "default",
-                        "stock+reduce-overhead": "reduce-overhead"}.get(variant)
+        compile_mode = ("default" if variant.endswith("+compile") else "reduce-overhead"
+                        if variant.endswith("+reduce-overhead") else None)
         g, d = stock.stock_models(trainer, compile_mode=compile_mode,
                                   channels_last=variant == "stock+channels_last",
                                   trainer_optimizers=graphed)
-        step = lambda: stock.stock_step(trainer, g, d, trainer.batch_idx)
+        precision = variant_precision(variant)
+        step = lambda: stock.stock_step(trainer, g, d, trainer.batch_idx, precision)
     else:
         backend, check = trainer.cfg.kernels, K.DeferredTargetCheck()
 
@@ -220,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     common.add_common_args(parser)
     parser.add_argument("--batches", nargs="+", type=int, default=None,
                         help="batch sizes (default: 128, plus 512 on a GPU; smoke: 8)")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--precision", choices=list(PRECISION_VARIANTS), default="fp32",
+                        help="fp32 variants only, or bf16's beside ssgan's and stock's fp32 "
+                        "(default: fp32)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
+                        help="default: every variant of --precision")
     parser.add_argument("--rounds", type=int, default=30,
                         help="CPU: timed interleaved rounds (default 30)")
     args = parser.parse_args(argv)
@@ -230,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for batch in args.batches or default_batches:
         flops = step_flops(batch, args.smoke, device)
-        prepared = [prepare(v, batch, args.smoke, device) for v in args.variants]
+        prepared = [prepare(v, batch, args.smoke, device)
+                    for v in args.variants or PRECISION_VARIANTS[args.precision]]
         measure(prepared, device, args.smoke, args.rounds)
         rows += [{**finish(p, device, flops, peak), **env} for p in prepared]
     add_speedups(rows)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ssgan.cuda_graph import CUDA_GRAPH_MODES
+from ssgan.precision import PRECISIONS
 from ssgan.data import DATASETS, LABEL_SELECTIONS, Dataset, default_location, load_dataset
 from ssgan.models import EVAL_BN_MODES
 from ssgan.kernels import BACKENDS
@@ -99,6 +100,10 @@ class TrainConfig:
                               "set, so it costs time")
     seed: int = setting(0, "random seed (labels, batches, noise, dropout)")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = setting("fp32", "fp32, or bf16: mixed precision (bf16 convolutions and "
+                             "linear layers under autocast; fp32 weights, optimizer state, "
+                             "BatchNorm statistics and losses); needs native bf16 (AVX512-BF16 "
+                             "or AMX on a CPU, sm_80+ on a GPU)", choices=PRECISIONS)
     cuda_graph: str = setting("auto", "auto: on a CUDA device, replay the whole training step "
                               "from one CUDA graph (falls back to eager if capture fails); "
                               "off: run it eagerly", choices=CUDA_GRAPH_MODES)

@@ -156,14 +156,16 @@ class Discriminator(nn.Module):
                            (self.conv5, self.act5)):
             h = act(layer(h), update_stats)
         h = self.act7(self.conv7(h))
-        return h.mean(dim=(2, 3))
+        return h.float().mean(dim=(2, 3))  # fp32 under bf16 autocast: feature matching's means
 
     def forward(self, x: torch.Tensor, update_stats: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``update_stats=False`` keeps generated batches out of the BN running statistics."""
         features = self.features(x, update_stats)
         class_logits = self.classifier(features)
-        return class_logits, K.gan_logits(class_logits, extra_class=self.extra_class), features
+        # the log-sum-exp head in fp32 whatever autocast made of the logits
+        return (class_logits, K.gan_logits(class_logits.float(), extra_class=self.extra_class),
+                features)
 
 
 class Generator(nn.Module):

@@ -35,6 +35,7 @@ from ssgan.devices import policy, resolve_device
 from ssgan.evaluation import accuracy, eval_batch_size, eval_bn_statistics
 from ssgan.losses import discriminator_loss, feature_matching_loss, prediction_entropy
 from ssgan.models import Discriminator, build_models
+from ssgan.precision import autocast, check_precision
 
 __all__ = ["METRIC_FIELDS", "TrainConfig", "Trainer", "TrainingError", "adam", "config_for",
            "scheduled_lr", "simultaneous_update", "train"]
@@ -95,6 +96,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: Dataset | None = None):
         cfg = self.cfg = resolve_data_location(cfg)
         self.device = distributed.join(resolve_device(cfg.device))
+        check_precision(cfg.precision, self.device)
         if self.device.type == "cpu":
             keep_freed_memory()
         data = data or load_data(cfg, download=cfg.download)
@@ -179,10 +181,21 @@ class Trainer:
 
     def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """One simultaneous update of D and G; ``idx`` indexes the training set (on device).
-        The optimizers take their learning rate from their param groups."""
-        cfg = self.cfg
-        if cfg.supervised_only:
+        The optimizers take their learning rate from their param groups. The forward runs in
+        the configured ``--precision`` (:mod:`ssgan.precision`), the update in fp32."""
+        if self.cfg.supervised_only:
             return self._supervised_step(idx)
+        with autocast(self.cfg.precision, self.device):
+            losses = self._losses(idx)
+        simultaneous_update(losses["d_loss"], losses["g_loss"], self.d, self.g, self.opt_d,
+                            self.opt_g)
+        if self.d_ema is not None:
+            self.d_ema.update(self.d)
+        return losses
+
+    def _losses(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The step's forward: both players' losses and the batch's hits."""
+        cfg = self.cfg
         extra = self._labeled_batch(cfg.labeled_batch_size) if cfg.labeled_batch_size else None
         if extra is not None and cfg.labeled_batch_terms == "all":
             idx = torch.cat([idx, extra])
@@ -204,18 +217,15 @@ class Trainer:
             losses["d_loss"] = losses["d_loss"] + cfg.entropy_weight * losses["entropy"]
         losses["g_loss"] = feature_matching_loss(feat_real, feat_fake, self.group.batch_mean)
         losses.update(self._batch_hits(class_sup, labels_sup))
-        simultaneous_update(losses["d_loss"], losses["g_loss"], self.d, self.g, self.opt_d,
-                            self.opt_g)
-        if self.d_ema is not None:
-            self.d_ema.update(self.d)
         return losses
 
     def _supervised_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """Baseline: the same D trained on labeled examples only, no GAN terms."""
         idx = self._labeled_batch(min(self.cfg.batch_size, self.labeled_idx.numel()))
         labels = self.train_labels[idx]
-        class_real, _, _ = self.d(self._real_images(idx))
-        loss = K.masked_cross_entropy(class_real, labels, labels >= 0)
+        with autocast(self.cfg.precision, self.device):
+            class_real, _, _ = self.d(self._real_images(idx))
+            loss = K.masked_cross_entropy(class_real, labels, labels >= 0)
         share = self.group.labeled_share(labels >= 0)
         loss = loss * share if share is not None else loss
         self.opt_d.zero_grad(set_to_none=True)
@@ -489,6 +499,12 @@ class Trainer:
             self.eval_buffers = state.get("eval_buffers")
             checkpoints.restore_rng_states(state, self.batch_rng)
             self._restore_noise(state)
+        saved = state["config"].get("precision", "fp32")
+        if saved != self.cfg.precision:
+            self._say(f"ssgan: resuming a {saved} checkpoint with --precision "
+                      f"{self.cfg.precision}: weights and optimizer state are fp32 in both, so "
+                      "the run continues from them; the steps from here compute in "
+                      f"{self.cfg.precision}")
         if self.group.is_main:
             self._truncate_metrics()
 
