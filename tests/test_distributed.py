@@ -109,6 +109,19 @@ def test_two_ranks_with_the_global_batch_equal_one_process(one_process, tmp_path
     assert two["world_size"] == 2 and len(two["rng_ranks"]) == 2
 
 
+def test_two_ranks_equal_one_process_under_bf16(tmp_path):
+    """--precision bf16 on 2 ranks against 1 process, to bf16 accuracy: the convolutions run
+    in bf16 on each shard, the BatchNorm statistics and the averaged gradients in fp32."""
+    one = one_process_run(tmp_path / "one", precision="bf16")
+    two = two_ranks(tmp_path / "two", precision="bf16")
+    assert one["config"]["precision"] == two["config"]["precision"] == "bf16"
+    for a, b in zip(one["history"], two["history"]):
+        for key in ("d_loss", "g_loss", "supervised_loss"):
+            assert a[key] == pytest.approx(b[key], rel=2e-2, abs=1e-3), key
+    for x, y in zip(forward(one), forward(two)):
+        torch.testing.assert_close(x, y, rtol=5e-2, atol=5e-2)
+
+
 @pytest.mark.parametrize("broken", ["gradients", "batch_norm"])
 def test_without_its_synchronisation_two_ranks_differ(one_process, tmp_path, broken):
     """The equivalence above fails when either synchronisation is taken out."""

@@ -1,0 +1,89 @@
+"""``--precision bf16``: mixed precision as Lightning's bf16-mixed means it. A bf16 step tracks
+the fp32 step from the same state; weights, gradients, Adam's state and BatchNorm's running
+statistics stay fp32; a checkpoint resumes across precisions; a CPU without native bf16 is
+refused in one line."""
+import json
+
+import pytest
+import torch
+
+import ssgan.train as T
+from ssgan import cli, precision
+from test_train import IMPROVED_KNOBS, tiny_config, tiny_dataset
+
+STEPS = 3
+
+
+def _trained(tmp_path, prec: str, kernels: str) -> T.Trainer:
+    trainer = T.Trainer(tiny_config(tmp_path / prec, precision=prec, kernels=kernels,
+                                    **IMPROVED_KNOBS), tiny_dataset())
+    torch.manual_seed(0)  # the same dropout seeds for both precisions
+    trainer.losses = [trainer.step(torch.arange(16) + 16 * (i % 3)) for i in range(STEPS)]
+    return trainer
+
+
+@pytest.mark.parametrize("kernels", ["torch", "inductor"])
+def test_a_bf16_step_tracks_the_fp32_step_and_keeps_fp32_state(tmp_path, kernels):
+    """From the same initial state and batches: the losses agree to bf16 accuracy, and the
+    weight updates point the same way (Adam's early steps are about lr * sign(gradient), so
+    their cosine compares the gradients' signs: random signs would give about 0)."""
+    start = T.Trainer(tiny_config(tmp_path / "init", **IMPROVED_KNOBS), tiny_dataset())
+    initial = {n: p.detach().clone() for n, p in start.d.named_parameters()}
+    runs = {prec: _trained(tmp_path, prec, kernels) for prec in ("fp32", "bf16")}
+    for a, b in zip(runs["fp32"].losses, runs["bf16"].losses):
+        for key in ("d_loss", "g_loss", "supervised"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=0.05, abs=0.02), key
+    moves = {prec: torch.cat([(p.detach() - initial[n]).flatten()
+                              for n, p in run.d.named_parameters()])
+             for prec, run in runs.items()}
+    assert torch.nn.functional.cosine_similarity(moves["fp32"], moves["bf16"], dim=0) > 0.9
+    bf16 = runs["bf16"]
+    for model, opt in ((bf16.d, bf16.opt_d), (bf16.g, bf16.opt_g)):
+        for p in model.parameters():
+            assert p.dtype == p.grad.dtype == opt.state[p]["exp_avg"].dtype == torch.float32
+    for (name, a), (_, b) in zip(runs["fp32"].d.named_buffers(), bf16.d.named_buffers()):
+        if "running" in name:
+            assert b.dtype == torch.float32, name
+            torch.testing.assert_close(b, a, rtol=0.05, atol=0.05, msg=name)
+
+
+def test_the_precision_is_recorded_and_a_checkpoint_resumes_across_precisions(tmp_path,
+                                                                               capsys):
+    T.Trainer(tiny_config(tmp_path, epochs=1), tiny_dataset()).fit()
+    capsys.readouterr()
+    resumed = T.Trainer(tiny_config(tmp_path, epochs=2, resume=True, precision="bf16"),
+                        tiny_dataset())
+    resumed.fit()
+    out = capsys.readouterr().out
+    assert "resuming a fp32 checkpoint with --precision bf16" in out
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["precision"] == "bf16"
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["config"]["precision"] == "bf16" and state["epoch"] == 2
+    assert all(t.dtype == torch.float32 for t in state["discriminator"].values()
+               if t.is_floating_point())
+
+
+def test_a_cpu_without_native_bf16_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"sse4_2", "avx2", "avx512f"})
+    with pytest.raises(ValueError, match="AVX512-BF16 or AMX.*--precision fp32"):
+        T.Trainer(tiny_config(tmp_path, precision="bf16"), tiny_dataset())
+    assert cli.main(["train", "--precision", "bf16", "--device", "cpu", "--out-dir",
+                     str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--precision fp32" in err and "AVX512-BF16" in err
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    precision.check_precision("bf16", torch.device("cpu"))  # native: accepted
+    with pytest.raises(ValueError, match="--precision must be one of fp32, bf16"):
+        precision.check_precision("fp16", torch.device("cpu"))
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n\n"
+                    "processor\t: 1\nflags\t\t: fpu sse avx512f avx512_bf16\n")
+    monkeypatch.setattr(precision, "CPUINFO", info)
+    assert precision.cpu_flags() == {"fpu", "sse", "avx512f", "avx512_bf16"}
+    assert precision.missing_bf16_support(torch.device("cpu")) is None
+    monkeypatch.setattr(precision, "CPUINFO", tmp_path / "absent")
+    assert "native bf16" in precision.missing_bf16_support(torch.device("cpu"))
