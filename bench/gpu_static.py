@@ -2,7 +2,7 @@
 
 Every kernel specialization that a training step (the notebook's SVHN step and the improved
 MNIST step, batch 128, the GPU's channels-first layout) and ``bench.kernels`` (fp32, bf16,
-fp16) launch is recorded in Triton's interpreter without running it, compiled for sm_90 and
+fp16; bf16 in channels-last too) launch is recorded in Triton's interpreter without running it, compiled for sm_90 and
 sm_80 on this CPU (``bench.gpu_compile``), and read back from the cubin: registers, spills,
 shared memory, SASS instructions. From those it estimates, per specialization:
 
@@ -97,10 +97,11 @@ def bench_kernel_launches() -> list[dict]:
     device = torch.device(_recording_device())
     launches: list[dict] = []
     for dtype in bench_kernels.DTYPES.values():
-        # channels-first only, as the trainer runs the models on a GPU (the recording device
-        # is the CPU under the interpreter)
+        # channels-first, as the trainer's fp32 models run on a GPU; bf16 in channels-last too,
+        # the layout cuDNN's bf16 convolutions prefer and so a bf16 GPU step's candidate (the
+        # recording device is the CPU under the interpreter)
         for case in bench_kernels.cases(dtype, device, smoke=False, compile_backend="eager",
-                                        channels_last_rows=False):
+                                        channels_last_rows=dtype == torch.bfloat16):
             inputs = case.make()
             with K.use_backend("triton"), K.deferred_target_checks(), \
                     record_launches(dry=True) as recorded:

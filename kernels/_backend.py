@@ -111,6 +111,7 @@ def triton_available() -> bool:
     return True
 
 
+@functools.cache
 def triton_module(op: str):
     """The module of ``op``'s Triton kernels and launchers (``._triton_<op>``), imported on
     first use: only a call on the Triton path reaches it."""

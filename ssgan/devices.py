@@ -17,7 +17,8 @@ import torch
 class DevicePolicy:
     """How one device type runs a training step.
 
-    memory_format: the layout of the models' weights and feature maps. Images (D's input, G's
+    memory_format: the layout of the models' weights and feature maps in fp32, and
+    bf16_memory_format with ``--precision bf16``. Images (D's input, G's
         output) stay channels-first everywhere: with 1 or 3 channels a channels-last image
         fills few lanes of a vector.
     subpixel_deconv: a transposed convolution with few output channels runs its forward as a
@@ -28,9 +29,14 @@ class DevicePolicy:
     cuda_graph: ``--cuda-graph auto`` replays the training step from one CUDA graph.
     """
     memory_format: torch.memory_format
+    bf16_memory_format: torch.memory_format
     subpixel_deconv: bool
     lr_dtype: torch.dtype
     cuda_graph: bool
+
+    def layout(self, precision: str) -> torch.memory_format:
+        """The models' memory format at ``--precision`` ``precision``."""
+        return self.bf16_memory_format if precision == "bf16" else self.memory_format
 
 
 # The CPU's layout and sub-pixel entries were chosen by measurement on the CPU
@@ -38,9 +44,13 @@ class DevicePolicy:
 # (docs/gpu.md). Not entries, because every device does the same: ATen's batch norm before the
 # fused op (ssgan.models.LeakyBlock), and Adam's fused implementation with a tensor lr.
 POLICIES: dict[str, DevicePolicy] = {
-    "cpu": DevicePolicy(memory_format=torch.channels_last, subpixel_deconv=True,
+    "cpu": DevicePolicy(memory_format=torch.channels_last,
+                        bf16_memory_format=torch.channels_last, subpixel_deconv=True,
                         lr_dtype=torch.float64, cuda_graph=False),
-    "cuda": DevicePolicy(memory_format=torch.contiguous_format, subpixel_deconv=False,
+    # bf16 channels-last on a GPU, on paper: cuDNN's bf16 convolutions prefer it, and the fused
+    # dropout's channels-last bf16 kernels meet their instruction budget (the gpu_compile tier)
+    "cuda": DevicePolicy(memory_format=torch.contiguous_format,
+                         bf16_memory_format=torch.channels_last, subpixel_deconv=False,
                          lr_dtype=torch.float32, cuda_graph=True),
 }
 

@@ -25,6 +25,10 @@ BN_EPS = 1e-3  # TensorFlow's default, which the notebook used
 EVAL_BN_MODES = ("running", "recalibrated", "batch")
 
 
+def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
 class BatchNorm(nn.BatchNorm2d):
     """A BatchNorm2d whose running statistics a call may leave alone (``update_stats=False``,
     for generated batches), and which ``use_batch_stats`` makes use batch statistics at
@@ -156,16 +160,17 @@ class Discriminator(nn.Module):
                            (self.conv5, self.act5)):
             h = act(layer(h), update_stats)
         h = self.act7(self.conv7(h))
-        return h.float().mean(dim=(2, 3))  # fp32 under bf16 autocast: feature matching's means
+        # at least fp32 (bf16 under autocast): feature matching compares these means
+        return h.to(_at_least_fp32(h.dtype)).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor, update_stats: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``update_stats=False`` keeps generated batches out of the BN running statistics."""
         features = self.features(x, update_stats)
         class_logits = self.classifier(features)
-        # the log-sum-exp head in fp32 whatever autocast made of the logits
-        return (class_logits, K.gan_logits(class_logits.float(), extra_class=self.extra_class),
-                features)
+        # the log-sum-exp head in fp32 (at least) whatever autocast made of the logits
+        head_in = class_logits.to(_at_least_fp32(class_logits.dtype))
+        return class_logits, K.gan_logits(head_in, extra_class=self.extra_class), features
 
 
 class Generator(nn.Module):
@@ -201,10 +206,11 @@ class Generator(nn.Module):
 def build_models(cfg: "TrainConfig", data: "Dataset", device: torch.device
                  ) -> tuple[Generator, Discriminator]:
     """G and D for ``cfg``'s widths and ``data``'s images and classes, on ``device`` in its
-    layout (``DevicePolicy.memory_format``), D with ``cfg.eval_bn``'s evaluation mode."""
+    layout at its precision (``DevicePolicy.layout``), D with ``cfg.eval_bn``'s evaluation
+    mode."""
     g = Generator(cfg.z_dim, data.channels, data.image_size, cfg.g_size_mult, cfg.alpha)
     d = build_discriminator(cfg, data.channels, data.num_classes)
-    layout = policy(device).memory_format
+    layout = policy(device).layout(cfg.precision)
     return g.to(device, memory_format=layout), d.to(device, memory_format=layout)
 
 

@@ -332,6 +332,7 @@ class Trainer:
         self._say(f"ssgan: {cfg.dataset} {len(data.train)} train images "
                   f"({self.labeled_idx.numel()} labeled, {data.num_classes} classes), {test} test"
                   f" | device {self.device}, kernels {kernels}"
+                  f"{', bf16 mixed precision' if cfg.precision == 'bf16' else ''}"
                   f"{', CUDA graph' if self.graph_step.capture else ''}{ranks}"
                   f" | {len(data.train) // cfg.batch_size} steps/epoch, epochs "
                   f"{self.epoch + 1}..{cfg.epochs} | {self.run_dir}")
