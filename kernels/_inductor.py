@@ -101,7 +101,7 @@ def available() -> bool:
 
 
 def _private_api_advice() -> str:
-    pinned = "" if torch.__version__.split("+")[0] == private.PINNED_TORCH else (
+    pinned = "" if private.pinned_torch() else (
         f" (this is torch {torch.__version__}; ssgan pins {private.PINNED_TORCH})")
     return ("this torch lacks or changed a private API that the compiled CPU path uses"
             f"{pinned}: kernels/_private_api.py lists them. Install the pinned torch for the "
@@ -169,7 +169,9 @@ def _variant_for(fn: Callable, args: tuple, tensors: list[torch.Tensor]) -> _Com
     except private.BackendCompilerFailed as err:  # Inductor's errors derive from it
         _give_up(_first_line(err), _compiler_advice())
         return None
-    except (TypeError, AttributeError, ImportError) as err:  # a private API changed
+    except (TypeError, AttributeError, ImportError) as err:
+        if private.pinned_torch():
+            raise  # on the pinned torch these are bugs, not a changed private API
         _give_up(_first_line(err), _private_api_advice())
         return None
     variants.append(variant)

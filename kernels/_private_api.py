@@ -76,6 +76,12 @@ LISTED_USES = {
 
 PINNED_TORCH = "2.14.1"  # the release every entry above was checked against (setup.py's pin)
 
+
+def pinned_torch() -> bool:
+    """Whether this is the torch release the checklist was checked against."""
+    return torch.__version__.split("+")[0] == PINNED_TORCH
+
+
 # On another torch a name may be gone or changed: ``unavailable`` then says which, and only
 # the compiled CPU path (``ssgan.kernels._inductor``) turns itself off; the eager twins and
 # the Triton GPU path never need these.

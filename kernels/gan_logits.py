@@ -59,9 +59,12 @@ class GanLogitsFunction(torch.autograd.Function):
         class_logits, ctx.extra_class, ctx.backend = inputs
         ctx.save_for_backward(class_logits, output[1])
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zeros kernel for lse's gradient, never used
 
     @staticmethod
     def backward(ctx, dout, _dlse):
+        if dout is None:  # grads are not materialized: an undefined one stays undefined
+            return None, None, None
         class_logits, lse = ctx.saved_tensors
         if _transforms.building_backward_graph():
             lse = reference.gan_logits_forward(class_logits, ctx.extra_class)[1]

@@ -73,9 +73,12 @@ class MaskedCrossEntropyFunction(torch.autograd.Function):
         _, lse, denom = output
         ctx.save_for_backward(logits, target, weight, lse, denom)
         ctx.mark_non_differentiable(lse, denom)
+        ctx.set_materialize_grads(False)  # no zeros kernels for lse's and denom's gradients
 
     @staticmethod
     def backward(ctx, dloss, _dlse, _ddenom):
+        if dloss is None:  # grads are not materialized: an undefined one stays undefined
+            return None, None, None, None
         logits, target, weight, lse, denom = ctx.saved_tensors
         if _transforms.building_backward_graph():
             _, lse, denom, _ = reference.masked_cross_entropy_forward(logits, target, weight)

@@ -25,10 +25,6 @@ BN_EPS = 1e-3  # TensorFlow's default, which the notebook used
 EVAL_BN_MODES = ("running", "recalibrated", "batch")
 
 
-def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
 class BatchNorm(nn.BatchNorm2d):
     """A BatchNorm2d whose running statistics a call may leave alone (``update_stats=False``,
     for generated batches), and which ``use_batch_stats`` makes use batch statistics at
@@ -161,7 +157,7 @@ class Discriminator(nn.Module):
             h = act(layer(h), update_stats)
         h = self.act7(self.conv7(h))
         # at least fp32 (bf16 under autocast): feature matching compares these means
-        return h.to(_at_least_fp32(h.dtype)).mean(dim=(2, 3))
+        return h.to(K.reference.compute_dtype(h.dtype)).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor, update_stats: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -169,7 +165,7 @@ class Discriminator(nn.Module):
         features = self.features(x, update_stats)
         class_logits = self.classifier(features)
         # the log-sum-exp head in fp32 (at least) whatever autocast made of the logits
-        head_in = class_logits.to(_at_least_fp32(class_logits.dtype))
+        head_in = class_logits.to(K.reference.compute_dtype(class_logits.dtype))
         return class_logits, K.gan_logits(head_in, extra_class=self.extra_class), features
 
 

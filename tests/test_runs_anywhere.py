@@ -37,8 +37,10 @@ CASES = {
     "no-compiler": ("", {"CXX": "/nonexistent/g++"}, "torch", "no working C++ compiler"),
     "private-api-missing": ("import sys; sys.modules['torch._inductor.compile_fx'] = None", {},
                             "torch", "kernels/_private_api.py"),
+    # another torch release, whose compile_fx_inner takes other arguments
     "private-api-changed": ("import torch._inductor.compile_fx as c\n"
-                            "c.compile_fx_inner = lambda graph: None  # another signature",
+                            "c.compile_fx_inner = lambda graph: None\n"
+                            "import ssgan.kernels._private_api as p; p.PINNED_TORCH = '0.0'",
                             {}, "torch", "kernels/_private_api.py"),
 }
 
