@@ -101,14 +101,20 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-@functools.cache
+_triton_importable: bool | None = None
+
+
 def triton_available() -> bool:
-    """Whether triton can be imported (checked once, by importing it)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether triton can be imported (checked once, by importing it; a plain global rather
+    than functools.cache, which Dynamo warns about when it traces an op's call)."""
+    global _triton_importable
+    if _triton_importable is None:
+        try:
+            import triton  # noqa: F401
+            _triton_importable = True
+        except ImportError:
+            _triton_importable = False
+    return _triton_importable
 
 
 @functools.cache
