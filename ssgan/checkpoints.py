@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ssgan.errors import describe
+
 LAST = Path("checkpoints") / "last.pt"  # inside a run folder
 FORMAT = 2  # 2: checkpoints keep the BatchNorm statistics of the last evaluation
 REQUIRED = ("epoch", "config", "generator", "discriminator", "num_classes")
@@ -128,10 +130,9 @@ def building_from(file: Path) -> Iterator[None]:
     except CheckpointError:
         raise
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise CheckpointError(f"{file} holds settings or weights that do not fit the models "
-                              f"they describe ({type(err).__name__}: {reason}); it is damaged "
-                              "or from another ssgan version") from None
+                              f"they describe ({describe(err)}); it is damaged or from another "
+                              "ssgan version") from None
 
 
 def train_config(state: dict[str, Any], path: str | Path):

@@ -16,6 +16,7 @@ from ssgan import checkpoints, distributed
 from ssgan.config import RECIPES, TrainConfig, config_for
 from ssgan.data import DataError
 from ssgan.devices import resolve_device
+from ssgan.errors import first_line
 from ssgan.classifier import export_classifier
 from ssgan.evaluation import evaluate_checkpoint
 from ssgan.predict import predict
@@ -69,10 +70,6 @@ PEER_FAILURE_SIGNS = ("Connection closed by peer", "Connection reset by peer", "
                       "Timed out", "timed out")
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
 def out_of_memory(err: BaseException) -> bool:
     """Whether ``err`` is an allocation failure, on a GPU or on the host."""
     return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
@@ -92,13 +89,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise  # its message names its cause (a non-finite loss, a bad label) on any rank
     except (RuntimeError, MemoryError) as err:
         if out_of_memory(err):
-            raise TrainingError(f"out of memory ({_first_line(err)}); {KEPT}: lower "
+            raise TrainingError(f"out of memory ({first_line(err)}); {KEPT}: lower "
                                 "--batch-size (and --eval-batch-size), then --resume") from None
         if not _peer_failure(err) or not distributed.current().active:
             raise
         group = distributed.current()
         # under torchrun, a collective whose peer died: one line, not a traceback
-        raise TrainingError(f"rank {group.rank} of {group.world} stopped: {_first_line(err)}. "
+        raise TrainingError(f"rank {group.rank} of {group.world} stopped: {first_line(err)}. "
                             f"Another process died and this one stopped with it; {KEPT} "
                             "(restart with --resume, or launch with torchrun --max-restarts=K "
                             "to restart by itself)") from None

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ssgan.errors import describe
+
 CUDA_GRAPH_MODES = ("auto", "off")
 WARMUP_STEPS = 3  # eager steps before capture: Triton autotuning, allocator, optimizer state
 
@@ -68,10 +70,9 @@ class StepGraph:
                 self.step()
         except Exception as err:  # any failure to capture: train on, eagerly
             self.capture = False
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
             tqdm.write(f"ssgan: the training step could not be captured in a CUDA graph "
-                       f"({type(err).__name__}: {reason}); it runs eagerly (--cuda-graph off "
-                       "skips the attempt)")
+                       f"({describe(err)}); it runs eagerly (--cuda-graph off skips the "
+                       "attempt)")
             torch.cuda.synchronize()
             self.step()
             return

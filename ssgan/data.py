@@ -20,6 +20,8 @@ from torchvision.datasets.utils import (calculate_md5, check_integrity, download
                                         extract_archive)
 from torchvision.transforms.functional import pil_to_tensor
 
+from ssgan.errors import describe
+
 SVHN_FILES = {split: (name, md5) for split, (_, name, md5)
               in torchvision.datasets.SVHN.split_list.items() if split != "extra"}
 SVHN_URL = torchvision.datasets.SVHN.split_list["train"][0].rsplit("/", 1)[0] + "/"
@@ -235,9 +237,7 @@ def open_image(path: str | Path, fix: str = "remove or replace it") -> Image.Ima
         size = str(err).split(", could be")[0]
         raise DataError(f"image {path} is too large to decode safely ({size}); {fix}") from None
     except Exception as err:  # Pillow's decoders raise OSError, SyntaxError, ValueError, ...
-        reason = (str(err).strip().splitlines() or [""])[0][:200]
-        raise DataError(f"cannot read image {path} ({type(err).__name__}"
-                        f"{': ' + reason if reason else ''}); {fix}") from None
+        raise DataError(f"cannot read image {path} ({describe(err)}); {fix}") from None
 
 
 def image_to_uint8(image: Image.Image, size: int, channels: int) -> torch.Tensor:
