@@ -71,6 +71,18 @@ def resolve_seed(seed: int | torch.Tensor | None, device: torch.device) -> torch
     return torch.tensor([seed], dtype=torch.int64, device=device)
 
 
+_UNUSED_SEEDS: dict[torch.device, torch.Tensor] = {}
+
+
+def unused_seed(device: torch.device) -> torch.Tensor:
+    """The seed argument of a call without dropout, which no kernel reads: one shared
+    read-only tensor per device rather than a fresh allocation per call."""
+    seed = _UNUSED_SEEDS.get(device)
+    if seed is None:
+        seed = _UNUSED_SEEDS[device] = torch.zeros(1, dtype=torch.int64, device=device)
+    return seed
+
+
 def check_logits(name: str, logits: object, *, min_cols: int = 1) -> torch.Tensor:
     check_float_tensor(name, logits, ndim=2)
     if logits.shape[1] < min_cols:
@@ -115,3 +127,27 @@ def check_target_range(target: torch.Tensor, weight: torch.Tensor, num_classes: 
 def raise_bad_target(target: torch.Tensor, row: int, num_classes: int) -> None:
     raise ValueError(f"target[{row}] = {int(target[row])} is outside [0, {num_classes}) on a "
                      "labeled row (mask != 0); mask such rows out or fix the labels")
+
+
+MAX_SEGMENTS = 4  # the kernels select a row's segment with at most three comparisons
+
+
+def segment_bounds(segments: object, rows: int) -> tuple[int, ...]:
+    """The end row of each segment, for ``segments`` (sizes that sum to ``rows``; None means
+    one segment of every row). Each size is a positive int, at most MAX_SEGMENTS of them."""
+    if segments is None:
+        segments = (rows,)
+    if (not isinstance(segments, (tuple, list)) or not segments
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in segments)):
+        raise ValueError(f"segments must be a tuple of positive ints (rows per segment), got "
+                         f"{segments!r}")
+    if len(segments) > MAX_SEGMENTS:
+        raise ValueError(f"at most {MAX_SEGMENTS} segments are supported, got {len(segments)}")
+    if sum(segments) != rows:
+        raise ValueError(f"segments {tuple(segments)} sum to {sum(segments)}, but x has {rows} "
+                         "rows (dim 0); they must cover every row once")
+    bounds, end = [], 0
+    for s in segments:
+        end += s
+        bounds.append(end)
+    return tuple(bounds)

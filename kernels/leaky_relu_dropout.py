@@ -115,21 +115,9 @@ class LeakyReLUDropoutFunction(torch.autograd.Function):
     vmap = _transforms.vmap_refusal("leaky_relu_dropout")
 
 
-_UNUSED_SEEDS: dict[torch.device, torch.Tensor] = {}
-
-
 def _triton_path():
     """The Triton launchers, imported on the first call that needs them."""
     return triton_module("leaky_relu_dropout")
-
-
-def _unused_seed(device: torch.device) -> torch.Tensor:
-    """The seed argument of a call without dropout, which no kernel reads: one shared
-    read-only tensor per device rather than a fresh allocation per call."""
-    seed = _UNUSED_SEEDS.get(device)
-    if seed is None:
-        seed = _UNUSED_SEEDS[device] = torch.zeros(1, dtype=torch.int64, device=device)
-    return seed
 
 
 def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float = 0.0,
@@ -155,7 +143,8 @@ def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float
                                              shift=shift)
     _transforms.check_no_tangents("leaky_relu_dropout", x, scale, shift)
     drop = float(p) if training else 0.0
-    seed_tensor = _checks.resolve_seed(seed, x.device) if drop > 0 else _unused_seed(x.device)
+    seed_tensor = (_checks.resolve_seed(seed, x.device) if drop > 0
+                   else _checks.unused_seed(x.device))
     # the kernels index scale and shift with stride 1 (C elements: the copy is free)
     scale, shift = (v.contiguous() if v is not None else None for v in (scale, shift))
     return LeakyReLUDropoutFunction.apply(x, scale, shift, seed_tensor, float(negative_slope),

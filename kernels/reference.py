@@ -267,3 +267,245 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
     weight = _checks.check_targets(logits, target, mask)
     _checks.check_target_range(target, weight, logits.shape[1])
     return masked_cross_entropy_forward(logits, target, weight)[0]
+
+
+# ---------------------------------------------------------------- batch norm + leaky-ReLU + dropout
+
+def segment_of_rows(bounds: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """int64 (N,): the segment of each row, for segment ends ``bounds`` (the last one is N)."""
+    starts = (0, *bounds[:-1])
+    sizes = torch.tensor([end - start for start, end in zip(starts, bounds)], device=device)
+    return torch.repeat_interleave(torch.arange(len(bounds), device=device), sizes,
+                                   output_size=bounds[-1])
+
+
+def _per_row(v: torch.Tensor, segment: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(S, C) per-(segment, channel) values broadcast against x (N, C, ...)."""
+    return v[segment].view(x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
+
+
+def batch_norm_statistics(x: torch.Tensor, bounds: tuple[int, ...], eps: float
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-(segment, channel) batch mean, biased variance and 1/sqrt(var + eps), each (S, C)
+    in the compute dtype, for x (N, C, ...) whose segment s is rows [bounds[s-1], bounds[s]).
+    ``var_mean`` centres before squaring, so a mean far from 0 costs no precision."""
+    z = x.to(compute_dtype(x.dtype))
+    dims = [0, *range(2, x.dim())]
+    starts = (0, *bounds[:-1])
+    var, mean = zip(*(torch.var_mean(z[a:b], dims, correction=0)
+                      for a, b in zip(starts, bounds)))
+    var, mean = torch.stack(var), torch.stack(mean)
+    return mean, var, torch.rsqrt(var + eps)
+
+
+def _normalized(x, weight, bias, mean, rstd, segment):
+    """(x - mean) * (weight * rstd) + bias, per row's segment, in the compute dtype: the
+    centring comes first, as in ATen's batch norm, so |mean| >> std costs nothing."""
+    z = x.to(mean.dtype)
+    scale = _per_row(rstd * weight.to(mean.dtype), segment, x)
+    return (z - _per_row(mean, segment, x)) * scale + _channel_view(bias, x, mean.dtype)
+
+
+def batch_norm_leaky_relu_dropout_forward(x: torch.Tensor, weight: torch.Tensor,
+                                          bias: torch.Tensor, bounds: tuple[int, ...],
+                                          eps: float, seed: torch.Tensor | None,
+                                          negative_slope: float, p: float
+                                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, stats, var): y in x's dtype and layout; stats (2, S, C) the per-segment batch mean
+    and 1/sqrt(var + eps) that the backward reuses; var (S, C) the biased variance (for the
+    running statistics). Compute dtype throughout."""
+    mean, var, rstd = batch_norm_statistics(x, bounds, eps)
+    z = _normalized(x, weight, bias, mean, rstd, segment_of_rows(bounds, x.device))
+    y = torch.empty_like(x).copy_(_dropout(torch.where(z > 0, z, z * negative_slope), seed, p))
+    return y, torch.stack([mean, rstd]), var
+
+
+def batch_norm_leaky_relu_dropout_backward(dy: torch.Tensor, x: torch.Tensor,
+                                           weight: torch.Tensor, bias: torch.Tensor,
+                                           stats: torch.Tensor, bounds: tuple[int, ...],
+                                           seed: torch.Tensor | None, negative_slope: float,
+                                           p: float
+                                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias) of the forward with batch statistics, regenerating the mask:
+    ``dx = weight * rstd * (dz - mean_seg(dz) - xhat * mean_seg(dz * xhat))``."""
+    mean, rstd = stats[0], stats[1]
+    segment = segment_of_rows(bounds, x.device)
+    z = _normalized(x, weight, bias, mean, rstd, segment)
+    dy = dy.to(z.dtype)
+    dz = _dropout(torch.where(z > 0, dy, dy * negative_slope), seed, p)
+    xhat = (x.to(z.dtype) - _per_row(mean, segment, x)) * _per_row(rstd, segment, x)
+    starts = (0, *bounds[:-1])
+    dims = [0, *range(2, x.dim())]
+    sums = torch.stack([torch.stack([dz[a:b].sum(dims), (dz[a:b] * xhat[a:b]).sum(dims)])
+                        for a, b in zip(starts, bounds)])           # (S, 2, C)
+    counts = torch.tensor([(b - a) for a, b in zip(starts, bounds)], dtype=z.dtype,
+                          device=x.device) * (x[0, 0].numel() if x.shape[0] else 1)
+    means = sums / counts[:, None, None]
+    scale = _per_row(rstd * weight.to(z.dtype), segment, x)
+    dx = scale * (dz - _per_row(means[:, 0], segment, x)
+                  - xhat * _per_row(means[:, 1], segment, x))
+    dx = torch.empty_like(x).copy_(dx)
+    return dx, sums[:, 1].sum(0).to(weight.dtype), sums[:, 0].sum(0).to(bias.dtype)
+
+
+def update_running_statistics(running_mean: torch.Tensor, running_var: torch.Tensor,
+                              mean: torch.Tensor, var: torch.Tensor, count: int,
+                              momentum: float) -> None:
+    """ATen's update from one segment's batch mean and biased variance over ``count`` values:
+    both move by ``momentum``, the variance towards its unbiased estimate."""
+    with torch.no_grad():
+        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+        running_var.lerp_((var * (count / max(1, count - 1))).to(running_var.dtype), momentum)
+
+
+def batch_norm_leaky_relu_dropout(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
+                                  segments: tuple[int, ...] | None = None,
+                                  running_mean: torch.Tensor | None = None,
+                                  running_var: torch.Tensor | None = None,
+                                  momentum: float = 0.1, eps: float = 1e-5,
+                                  negative_slope: float = 0.2, p: float = 0.0,
+                                  training: bool = True,
+                                  seed: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Batch norm with per-segment statistics, leaky ReLU, dropout; see
+    ``ssgan.kernels.batch_norm_leaky_relu_dropout``."""
+    bounds = check_batch_norm_args(x, weight, bias, segments, running_mean, running_var, p,
+                                   momentum)
+    drop = float(p) if training else 0.0
+    seed_tensor = _checks.resolve_seed(seed, x.device) if drop > 0 else None
+    y, stats, var = batch_norm_leaky_relu_dropout_forward(x, weight, bias, bounds, eps,
+                                                          seed_tensor, negative_slope, drop)
+    if running_mean is not None:
+        update_running_statistics(running_mean, running_var, stats[0, 0], var[0],
+                                  bounds[0] * (x[0, 0].numel() if x.shape[0] else 1), momentum)
+    return y if y.stride() == output_like(x).stride() else output_like(x).copy_(y)
+
+
+def check_batch_norm_args(x, weight, bias, segments, running_mean, running_var, p,
+                          momentum) -> tuple[int, ...]:
+    """Checks the BatchNorm block's arguments; returns the segments' end rows."""
+    _checks.check_float_tensor("x", x)
+    if x.dim() < 2:
+        raise ValueError(f"x must be (N, C, ...), got shape {tuple(x.shape)}")
+    for name, v in (("weight", weight), ("bias", bias)):
+        if v is None:
+            raise ValueError(f"{name} must be a (C,) tensor, got None")
+        _checks.check_channel_vector(name, v, x)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("pass both running_mean and running_var, or neither")
+    _checks.check_channel_vector("running_mean", running_mean, x)
+    _checks.check_channel_vector("running_var", running_var, x)
+    _checks.check_same_device("x", x, weight=weight, bias=bias, running_mean=running_mean,
+                              running_var=running_var)
+    _checks.check_dropout_p(p)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    return _checks.segment_bounds(segments, x.shape[0])
+
+
+# ---------------------------------------------------------------- the GAN loss head
+
+HEAD_OUTPUTS = ("supervised", "bce_real", "bce_fake", "entropy", "hits", "labeled")
+
+
+def _head_rows(segments: tuple[int, ...], rows: int, device: torch.device):
+    """Bool (B,) masks of the real and fake rows, and the first supervised row: the third
+    segment when there is one, else the real segment."""
+    index = torch.arange(rows, device=device)
+    real, fake = index < segments[0], (index >= segments[0]) & (index < segments[0] + segments[1])
+    return real, fake, (segments[0] + segments[1] if len(segments) == 3 else 0)
+
+
+def _supervised_full(values: torch.Tensor, start: int, rows: int, fill) -> torch.Tensor:
+    """A supervised-segment vector placed at its rows of a (B,) vector, ``fill`` elsewhere."""
+    full = values.new_full((rows,), fill)
+    return torch.cat([full[:start], values, full[start + values.shape[0]:]])
+
+
+def gan_loss_head_forward(class_logits: torch.Tensor, target: torch.Tensor,
+                          weight: torch.Tensor, segments: tuple[int, ...], extra_class: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, first_bad): out (6,) in the compute dtype, the values of :data:`HEAD_OUTPUTS`;
+    first_bad the first supervised row (counted in the supervised segment) whose target is
+    outside [0, K+extra) where its weight is not 0, or that segment's size if none."""
+    z = class_logits.to(compute_dtype(class_logits.dtype))
+    rows, cols = z.shape
+    k = cols - int(extra_class)
+    real, fake, start = _head_rows(segments, rows, z.device)
+    lse_k = torch.logsumexp(z[:, :k], dim=1)
+    gan = lse_k - z[:, -1] if extra_class else lse_k
+    bce_real = torch.where(real, _softplus(-gan), 0.0).sum() / segments[0]
+    bce_fake = torch.where(fake, _softplus(gan), 0.0).sum() / segments[1]
+    log_p = z[:, :k] - lse_k[:, None]
+    entropy = torch.where(real, -(log_p.exp() * log_p).sum(1), 0.0).sum() / segments[0]
+    sup = z[start:start + target.shape[0]]
+    w = weight.to(z.dtype)
+    safe = _safe_target(target, w, cols)
+    ce = torch.logsumexp(sup, dim=1) - sup.gather(1, safe[:, None]).squeeze(1)
+    labeled = w.sum()
+    supervised = torch.where(w != 0, w * ce, 0.0).sum() / labeled.clamp_min(1.0)
+    hits = ((sup[:, :k].argmax(1) == target) & (w != 0)).sum().to(z.dtype)
+    bad = (w != 0) & ((target < 0) | (target >= cols))
+    sup_rows = torch.arange(target.shape[0], device=z.device)
+    first_bad = torch.where(bad, sup_rows, target.shape[0]).amin() if target.shape[0] \
+        else sup_rows.new_tensor(0)
+    return torch.stack([supervised, bce_real, bce_fake, entropy, hits, labeled]), first_bad
+
+
+def _softplus(t: torch.Tensor) -> torch.Tensor:
+    """log(1 + exp(t)) without overflow."""
+    return t.clamp_min(0) + torch.log1p(torch.exp(-t.abs()))
+
+
+def gan_loss_head_backward(dout: torch.Tensor, out: torch.Tensor, class_logits: torch.Tensor,
+                           target: torch.Tensor, weight: torch.Tensor,
+                           segments: tuple[int, ...], extra_class: bool) -> torch.Tensor:
+    """d(dout . out[:4]) / d class_logits, (B, K[+1]) in the logits' dtype: the hits and the
+    labeled weight are counts, without a gradient."""
+    z = class_logits.to(out.dtype)
+    rows, cols = z.shape
+    k = cols - int(extra_class)
+    g = dout.to(out.dtype)
+    real, fake, start = _head_rows(segments, rows, z.device)
+    lse_k = torch.logsumexp(z[:, :k], dim=1)
+    gan = lse_k - z[:, -1] if extra_class else lse_k
+    p_k = torch.exp(z[:, :k] - lse_k[:, None])
+    # d loss / d gan logit, then through lse(real columns) - fake column
+    dgan = (torch.where(real, -torch.sigmoid(-gan), 0.0) * (g[1] / segments[0])
+            + torch.where(fake, torch.sigmoid(gan), 0.0) * (g[2] / segments[1]))
+    dz_k = dgan[:, None] * p_k
+    # entropy of softmax(z_k): dH/dz_j = -p_j (log p_j + H)
+    log_p = z[:, :k] - lse_k[:, None]
+    h = -(p_k * log_p).sum(1)
+    dz_k = dz_k + torch.where(real[:, None], -p_k * (log_p + h[:, None]), 0.0) * (
+        g[3] / segments[0])
+    dz = torch.cat([dz_k, -dgan[:, None]], 1) if extra_class else dz_k
+    # the masked cross-entropy over every column, on the supervised rows
+    w = weight.to(z.dtype)
+    row_w = _supervised_full(w * (g[0] / out[5].clamp_min(1.0)), start, rows, 0.0)
+    row_t = _supervised_full(_safe_target(target, w, cols), start, rows, 0)
+    one_hot = torch.arange(cols, device=z.device) == row_t[:, None]
+    lse_all = torch.logsumexp(z, dim=1)
+    dce = row_w[:, None] * (torch.exp(z - lse_all[:, None]) - one_hot.to(z.dtype))
+    dz = dz + torch.where(row_w[:, None] != 0, dce, 0.0)
+    return dz.to(class_logits.dtype).contiguous()
+
+
+def gan_loss_head(class_logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *,
+                  segments: tuple[int, ...], extra_class: bool = False) -> torch.Tensor:
+    """The step's losses in one op; see ``ssgan.kernels.gan_loss_head``."""
+    weight = check_gan_loss_head_args(class_logits, target, mask, segments, extra_class)
+    _checks.check_target_range(target, weight, class_logits.shape[1])
+    return gan_loss_head_forward(class_logits, target, weight, tuple(segments), extra_class)[0]
+
+
+def check_gan_loss_head_args(class_logits, target, mask, segments, extra_class) -> torch.Tensor:
+    """Checks the loss head's arguments; returns the supervised rows' float weights."""
+    _checks.check_logits("class_logits", class_logits, min_cols=2 if extra_class else 1)
+    rows = class_logits.shape[0]
+    if (not isinstance(segments, (tuple, list)) or len(segments) not in (2, 3)
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in segments)
+            or sum(segments) != rows):
+        raise ValueError(f"segments must be (real, fake) or (real, fake, labeled) positive row "
+                         f"counts summing to class_logits' {rows} rows, got {segments!r}")
+    supervised = segments[2] if len(segments) == 3 else segments[0]
+    return _checks.check_targets(class_logits[:supervised], target, mask)

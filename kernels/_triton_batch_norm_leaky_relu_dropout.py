@@ -1,0 +1,261 @@
+"""Triton kernels and launchers of the batch-norm block with per-segment statistics
+(:mod:`ssgan.kernels.batch_norm_leaky_relu_dropout` holds the op). Imported only by a call on
+the Triton path.
+
+Two launches each way. Forward: ``_statistics_kernel`` (one program per block of channels,
+looping over the segments and their positions: mean, then the centred sum of squares, so a
+mean far from 0 costs no precision; it also moves the running statistics towards the first
+segment's), then ``_forward_kernel`` (normalise, affine, leaky ReLU, dropout). Backward:
+``_reduction_kernel`` (per (segment, channel) sums of dz and dz * xhat, and the weight and bias
+gradients), then ``_backward_kernel`` (dx). The elementwise kernels tile x exactly as
+:mod:`._triton_leaky_relu_dropout` does and share its Philox draw, so a seed gives the same mask
+as ``leaky_relu_dropout``; the reduction kernel draws one Philox word per element instead.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import reference
+from ._triton_leaky_relu_dropout import (_Launch, _fp_flags, _program_ids, _slope_and_mask,
+                                         _tile)
+
+BLOCK_ROWS = 128      # positions per step of the reduction loops
+BLOCK_CHANNELS = 32   # channels per reduction program
+
+
+@triton.jit
+def _segment(n, B1, B2, B3):
+    """The segment of row ``n`` (scalar or tensor) for segment ends B1 <= B2 <= B3 (unused
+    ends equal N)."""
+    return (n >= B1).to(tl.int32) + (n >= B2).to(tl.int32) + (n >= B3).to(tl.int32)
+
+
+@triton.jit
+def _segment_range(seg: tl.constexpr, B1, B2, B3, N):
+    if seg == 0:
+        return 0, B1
+    elif seg == 1:
+        return B1, B2
+    elif seg == 2:
+        return B2, B3
+    else:
+        return B3, N
+
+
+@triton.jit
+def _reduction_tile(j, start, count, c, C, S, CHANNELS_LAST: tl.constexpr):
+    """Memory offsets, row-major logical indices and bounds of positions j (the j-th value of a
+    segment starting at row ``start``, ``count`` values per channel) of channels c."""
+    n = start + j // S
+    s = j % S
+    logical = n * (C * S) + c * S + s
+    offs = (n * S + s) * C + c if CHANNELS_LAST else logical
+    return offs, logical, (j < count) & (c < C)
+
+
+@triton.jit
+def _statistics_kernel(x_ptr, stats_ptr, rmean_ptr, rvar_ptr, B1, B2, B3, N, C, S, momentum,
+                       EPS: tl.constexpr, NUM_SEGMENTS: tl.constexpr, TRACK: tl.constexpr,
+                       CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr,
+                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    dtype = tl.float64 if IS_FP64 else tl.float32
+    for seg in tl.static_range(NUM_SEGMENTS):
+        start, end = _segment_range(seg, B1, B2, B3, N)
+        count = (end - start) * S
+        total = tl.zeros((BLOCK_R, BLOCK_C), dtype)
+        for j0 in range(0, count, BLOCK_R):
+            offs, _, inside = _reduction_tile(j0 + tl.arange(0, BLOCK_R)[:, None], start, count,
+                                              c, C, S, CHANNELS_LAST)
+            total += tl.load(x_ptr + offs, mask=inside, other=0.0).to(dtype)
+        mean = tl.sum(total, axis=0) / count
+        centred = tl.zeros((BLOCK_R, BLOCK_C), dtype)
+        for j0 in range(0, count, BLOCK_R):
+            offs, _, inside = _reduction_tile(j0 + tl.arange(0, BLOCK_R)[:, None], start, count,
+                                              c, C, S, CHANNELS_LAST)
+            d = tl.where(inside, tl.load(x_ptr + offs, mask=inside, other=0.0).to(dtype)
+                         - mean[None, :], 0.0)
+            centred += d * d
+        var = tl.sum(centred, axis=0) / count
+        rstd = 1.0 / tl.sqrt(var + EPS)
+        chan = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        tl.store(stats_ptr + seg * C + chan, mean, mask=chan < C)
+        tl.store(stats_ptr + (NUM_SEGMENTS + seg) * C + chan, rstd, mask=chan < C)
+        if TRACK and seg == 0:
+            # ATen's update: the running variance moves towards the unbiased estimate
+            rmean = tl.load(rmean_ptr + chan, mask=chan < C, other=0.0)
+            rvar = tl.load(rvar_ptr + chan, mask=chan < C, other=0.0)
+            unbiased = var * count / tl.maximum(count - 1, 1)
+            tl.store(rmean_ptr + chan, (rmean + momentum * (mean - rmean)).to(
+                rmean_ptr.dtype.element_ty), mask=chan < C)
+            tl.store(rvar_ptr + chan, (rvar + momentum * (unbiased - rvar)).to(
+                rvar_ptr.dtype.element_ty), mask=chan < C)
+
+
+@triton.jit
+def _normalized(x, n, c, C, stats_ptr, w_ptr, b_ptr, B1, B2, B3,
+                NUM_SEGMENTS: tl.constexpr):
+    """(x - mean) * (weight * rstd) + bias, per row's segment: (z, scale, xhat), in x's
+    (compute) dtype."""
+    seg = _segment(n, B1, B2, B3)
+    at = seg * C + c
+    mean = tl.load(stats_ptr + at, mask=c < C, other=0.0).to(x.dtype)
+    rstd = tl.load(stats_ptr + NUM_SEGMENTS * C + at, mask=c < C, other=0.0).to(x.dtype)
+    scale = rstd * tl.load(w_ptr + c, mask=c < C, other=0.0).to(x.dtype)
+    xhat = (x - mean) * rstd
+    z = (x - mean) * scale + tl.load(b_ptr + c, mask=c < C, other=0.0).to(x.dtype)
+    return z, scale, xhat, at
+
+
+@triton.jit
+def _row_of_tile(pid_a, offs, C, S, num_s_blocks, CHANNELS_LAST: tl.constexpr):
+    """The batch row of each tile element (one per program when channels-first)."""
+    if CHANNELS_LAST:
+        return offs // (C * S)
+    return pid_a // num_s_blocks
+
+
+@triton.jit
+def _forward_kernel(x_ptr, y_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, B1, B2, B3, R, C, S,
+                    num_s_blocks, num_b, NUM_SEGMENTS: tl.constexpr,
+                    NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
+                    HAS_DROPOUT: tl.constexpr, SHARED_PHILOX: tl.constexpr,
+                    CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_A: tl.constexpr,
+                    BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
+    pid_a, pid_b = _program_ids(num_b)
+    offs, logical, c, in_bounds = _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST,
+                                        BLOCK_A, BLOCK_B, GROUP)
+    x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
+    x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
+    n = _row_of_tile(pid_a, offs, C, S, num_s_blocks, CHANNELS_LAST)
+    z, _, _, _ = _normalized(x, n, c, C, stats_ptr, w_ptr, b_ptr, B1, B2, B3, NUM_SEGMENTS)
+    y = _slope_and_mask(z, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
+                        NEGATIVE_SLOPE, P, KEEP_SCALE, HAS_DROPOUT, SHARED_PHILOX,
+                        CHANNELS_LAST, BLOCK_A, BLOCK_B)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=in_bounds)
+
+
+@triton.jit
+def _reduction_kernel(dy_ptr, x_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, sums_ptr, dw_ptr,
+                      db_ptr, B1, B2, B3, N, C, S, NUM_SEGMENTS: tl.constexpr,
+                      NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
+                      HAS_DROPOUT: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                      IS_FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    chan = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    dtype = tl.float64 if IS_FP64 else tl.float32
+    dweight = tl.zeros((BLOCK_C,), dtype)
+    dbias = tl.zeros((BLOCK_C,), dtype)
+    for seg in tl.static_range(NUM_SEGMENTS):
+        start, end = _segment_range(seg, B1, B2, B3, N)
+        count = (end - start) * S
+        sum_dz = tl.zeros((BLOCK_R, BLOCK_C), dtype)
+        sum_dz_xhat = tl.zeros((BLOCK_R, BLOCK_C), dtype)
+        for j0 in range(0, count, BLOCK_R):
+            offs, logical, inside = _reduction_tile(j0 + tl.arange(0, BLOCK_R)[:, None], start,
+                                                    count, c, C, S, CHANNELS_LAST)
+            x = tl.load(x_ptr + offs, mask=inside, other=0.0).to(dtype)
+            dy = tl.load(dy_ptr + offs, mask=inside, other=0.0).to(dtype)
+            n = start + (j0 + tl.arange(0, BLOCK_R)[:, None]) // S
+            z, _, xhat, _ = _normalized(x, n, c, C, stats_ptr, w_ptr, b_ptr, B1, B2, B3,
+                                        NUM_SEGMENTS)
+            # one Philox word per element (logical index i: word i % 4 at counter i // 4)
+            dz = _slope_and_mask(dy, z, seed_ptr, logical, 0, 0, C, S, 1, NEGATIVE_SLOPE, P,
+                                 KEEP_SCALE, HAS_DROPOUT, False, CHANNELS_LAST, BLOCK_R, BLOCK_C)
+            dz = tl.where(inside, dz, 0.0)
+            sum_dz += dz
+            sum_dz_xhat += dz * xhat
+        seg_dz = tl.sum(sum_dz, axis=0)
+        seg_dz_xhat = tl.sum(sum_dz_xhat, axis=0)
+        # the backward's per-segment means, which the elementwise pass subtracts
+        tl.store(sums_ptr + seg * C + chan, seg_dz / count, mask=chan < C)
+        tl.store(sums_ptr + (NUM_SEGMENTS + seg) * C + chan, seg_dz_xhat / count, mask=chan < C)
+        dweight += seg_dz_xhat
+        dbias += seg_dz
+    tl.store(dw_ptr + chan, dweight.to(dw_ptr.dtype.element_ty), mask=chan < C)
+    tl.store(db_ptr + chan, dbias.to(db_ptr.dtype.element_ty), mask=chan < C)
+
+
+@triton.jit
+def _backward_kernel(dy_ptr, x_ptr, dx_ptr, stats_ptr, sums_ptr, w_ptr, b_ptr, seed_ptr, B1, B2,
+                     B3, R, C, S, num_s_blocks, num_b, NUM_SEGMENTS: tl.constexpr,
+                     NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
+                     HAS_DROPOUT: tl.constexpr, SHARED_PHILOX: tl.constexpr,
+                     CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_A: tl.constexpr,
+                     BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
+    pid_a, pid_b = _program_ids(num_b)
+    offs, logical, c, in_bounds = _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST,
+                                        BLOCK_A, BLOCK_B, GROUP)
+    x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
+    dy = tl.load(dy_ptr + offs, mask=in_bounds, other=0.0)
+    x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
+    dy = dy.to(x.dtype)
+    n = _row_of_tile(pid_a, offs, C, S, num_s_blocks, CHANNELS_LAST)
+    z, scale, xhat, at = _normalized(x, n, c, C, stats_ptr, w_ptr, b_ptr, B1, B2, B3,
+                                     NUM_SEGMENTS)
+    dz = _slope_and_mask(dy, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
+                         NEGATIVE_SLOPE, P, KEEP_SCALE, HAS_DROPOUT, SHARED_PHILOX,
+                         CHANNELS_LAST, BLOCK_A, BLOCK_B)
+    mean_dz = tl.load(sums_ptr + at, mask=c < C, other=0.0).to(x.dtype)
+    mean_dz_xhat = tl.load(sums_ptr + NUM_SEGMENTS * C + at, mask=c < C, other=0.0).to(x.dtype)
+    dx = scale * (dz - mean_dz - xhat * mean_dz_xhat)
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=in_bounds)
+
+
+def _segment_args(bounds: tuple[int, ...]) -> tuple[int, int, int]:
+    """B1, B2, B3: the ends of the first three segments, N for those that do not exist."""
+    ends = list(bounds[:-1]) + [bounds[-1]] * (4 - len(bounds))
+    return ends[0], ends[1], ends[2]
+
+
+def _reduction_grid(channels: int) -> tuple[int]:
+    return (triton.cdiv(channels, BLOCK_CHANNELS),)
+
+
+def forward_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   bounds: tuple[int, ...], eps: float, seed: torch.Tensor,
+                   negative_slope: float, p: float, running_mean: torch.Tensor | None,
+                   running_var: torch.Tensor | None, momentum: float
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, stats) for x (N, C, ...) in a native layout, non-empty; stats (2, S, C) holds the
+    per-segment mean and 1/sqrt(var + eps). Moves the running statistics when given."""
+    plan = _Launch.plan(x)
+    segments = len(bounds)
+    stats = torch.empty(2, segments, plan.C, dtype=reference.compute_dtype(x.dtype),
+                        device=x.device)
+    track = running_mean is not None
+    _statistics_kernel[_reduction_grid(plan.C)](
+        x, stats, running_mean if track else stats, running_var if track else stats,
+        *_segment_args(bounds), x.shape[0], plan.C, plan.S, momentum, EPS=eps,
+        NUM_SEGMENTS=segments, TRACK=track, CHANNELS_LAST=plan.channels_last,
+        IS_FP64=x.dtype == torch.float64, BLOCK_R=BLOCK_ROWS, BLOCK_C=BLOCK_CHANNELS)
+    y = torch.empty_like(x)
+    flags = _fp_flags(x, negative_slope, p)
+    _forward_kernel[plan.grid](x, y, stats, weight, bias, seed, *_segment_args(bounds),
+                               *plan.args(), NUM_SEGMENTS=segments, **plan.constexprs(),
+                               **flags)
+    return y, stats
+
+
+def backward_triton(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor, stats: torch.Tensor, bounds: tuple[int, ...],
+                    seed: torch.Tensor, negative_slope: float, p: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias) for x in a native layout, non-empty."""
+    plan = _Launch.plan(x)
+    dy = reference.native_layout(dy, plan.channels_last)
+    segments = len(bounds)
+    means = torch.empty_like(stats)
+    dweight, dbias = torch.empty_like(weight), torch.empty_like(bias)
+    flags = _fp_flags(x, negative_slope, p)
+    _reduction_kernel[_reduction_grid(plan.C)](
+        dy, x, stats, weight, bias, seed, means, dweight, dbias, *_segment_args(bounds),
+        x.shape[0], plan.C, plan.S, NUM_SEGMENTS=segments, CHANNELS_LAST=plan.channels_last,
+        BLOCK_R=BLOCK_ROWS, BLOCK_C=BLOCK_CHANNELS, **flags)
+    dx = torch.empty_like(x)
+    _backward_kernel[plan.grid](dy, x, dx, stats, means, weight, bias, seed,
+                                *_segment_args(bounds), *plan.args(), NUM_SEGMENTS=segments,
+                                **plan.constexprs(), **flags)
+    return dx, dweight, dbias
