@@ -32,8 +32,14 @@ import torch
 
 from ssgan.kernels import _private_api as private
 
-KERNEL_MODULES = ("ssgan.kernels._triton_leaky_relu_dropout", "ssgan.kernels._triton_gan_logits",
-                  "ssgan.kernels._triton_masked_cross_entropy")
+def _kernel_modules() -> tuple[str, ...]:
+    """Every op's Triton module: ``kernels/_triton_<op>.py``, one per op."""
+    import ssgan.kernels
+    folder = Path(ssgan.kernels.__file__).parent
+    return tuple(f"ssgan.kernels.{path.stem}" for path in sorted(folder.glob("_triton_*.py")))
+
+
+KERNEL_MODULES = _kernel_modules()
 ARCHS = (80, 90)   # A100, H100
 
 

@@ -15,9 +15,6 @@ import torch
 from . import _checks, _inductor, _target_checks, _transforms, reference
 from ._backend import backend_for, call_op, triton_module
 
-OUTPUTS = reference.HEAD_OUTPUTS
-
-
 def _forward_inductor(logits, target, weight, segments, extra_class):
     return _inductor.call(reference.gan_loss_head_forward, logits.contiguous(), target, weight,
                           segments, extra_class)
@@ -102,7 +99,8 @@ def gan_loss_head(class_logits: torch.Tensor, target: torch.Tensor, mask: torch.
     the last column is the fake class's logit. target: (L,) int64 and mask: (L,) bool or float
     weights, for the supervised rows: the labeled segment when there are three, else the real
     segment (L its size). A target outside [0, K[+1]) on a row with mask != 0 is a ValueError.
-    Returns (6,) float32 (float64 for float64), in the order of ``OUTPUTS``:
+    Returns (6,) float32 (float64 for float64), in the order of
+    ``reference.HEAD_OUTPUTS``:
     supervised (the masked mean cross-entropy over every column, 0 when no row is labeled),
     bce_real and bce_fake (the means of softplus(-l) over real rows and softplus(l) over fake
     rows, l the stable GAN logit of :func:`ssgan.kernels.gan_logits`), entropy (the mean

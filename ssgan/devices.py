@@ -27,31 +27,42 @@ class DevicePolicy:
         CUDA graph replays the kernel that reads it): CUDA's kernel reads float32; the CPU's
         reads a double, so float64 there keeps a scheduled lr exact.
     cuda_graph: ``--cuda-graph auto`` replays the training step from one CUDA graph.
+    one_pass_discriminator: the training step runs D once over its concatenated segments
+        (real, fake[, labeled]) instead of once per segment: the same function (per-segment
+        BatchNorm statistics), a third to a half of D's launches, larger convolutions.
+    fused_batch_norm: a BatchNorm with batch statistics runs with its activation and dropout
+        as one fused op (``ssgan.kernels.batch_norm_leaky_relu_dropout``) instead of ATen's
+        batch norm followed by the activation.
     """
     memory_format: torch.memory_format
     bf16_memory_format: torch.memory_format
     subpixel_deconv: bool
     lr_dtype: torch.dtype
     cuda_graph: bool
+    one_pass_discriminator: bool
+    fused_batch_norm: bool
 
     def layout(self, precision: str) -> torch.memory_format:
         """The models' memory format at ``--precision`` ``precision``."""
         return self.bf16_memory_format if precision == "bf16" else self.memory_format
 
 
-# The CPU's layout and sub-pixel entries were chosen by measurement on the CPU
-# (docs/cpu-path.md); the GPU's keep PyTorch's defaults until they are measured on a GPU
-# (docs/gpu.md). Not entries, because every device does the same: ATen's batch norm before the
-# fused op (ssgan.models.LeakyBlock), and Adam's fused implementation with a tensor lr.
+# The CPU's entries were chosen by measurement on the CPU (docs/cpu-path.md; one pass and the
+# fused batch norm: bench.train_step's --one-pass rows); the GPU's layout and sub-pixel entries
+# keep PyTorch's defaults until they are measured on a GPU, and its one pass and fused batch
+# norm were chosen by the static launch count (bench.gpu_static; docs/gpu.md). Not an entry,
+# because every device does the same: Adam's fused implementation with a tensor lr.
 POLICIES: dict[str, DevicePolicy] = {
     "cpu": DevicePolicy(memory_format=torch.channels_last,
                         bf16_memory_format=torch.channels_last, subpixel_deconv=True,
-                        lr_dtype=torch.float64, cuda_graph=False),
+                        lr_dtype=torch.float64, cuda_graph=False,
+                        one_pass_discriminator=False, fused_batch_norm=False),
     # bf16 channels-last on a GPU, on paper: cuDNN's bf16 convolutions prefer it, and the fused
     # dropout's channels-last bf16 kernels meet their instruction budget (the gpu_compile tier)
     "cuda": DevicePolicy(memory_format=torch.contiguous_format,
                          bf16_memory_format=torch.channels_last, subpixel_deconv=False,
-                         lr_dtype=torch.float32, cuda_graph=True),
+                         lr_dtype=torch.float32, cuda_graph=True,
+                         one_pass_discriminator=True, fused_batch_norm=True),
 }
 
 

@@ -257,25 +257,37 @@ def combine_statistics(counts: torch.Tensor, means: torch.Tensor, centred: torch
 def synced_batch_norm(group: Group, x: torch.Tensor, weight: torch.Tensor | None,
                       bias: torch.Tensor | None, running_mean: torch.Tensor,
                       running_var: torch.Tensor, momentum: float, eps: float,
-                      track: bool) -> torch.Tensor:
-    """Batch norm of the global batch whose shard is ``x`` (N, C, ...): each rank's count,
-    per-channel mean and centred sum of squares (float32, or float64 for float64) are gathered
-    in one differentiable all-reduce and combined by :func:`combine_statistics`. With
-    ``track`` the running statistics move by ``momentum`` towards the global mean and
-    unbiased variance, as ATen's batch norm does. Returns ``x``'s shape and dtype."""
+                      track: bool, segments: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Batch norm of the global batch whose shard is ``x`` (N, C, ...), each of ``segments``
+    (row counts, default one segment) with its own statistics: every rank's count, per-channel
+    mean and centred sum of squares of every segment (float32, or float64 for float64) are
+    gathered in one differentiable all-reduce and combined by :func:`combine_statistics`.
+    With ``track`` the running statistics move by ``momentum`` towards the first segment's
+    global mean and unbiased variance, as ATen's batch norm does. Returns ``x``'s shape and
+    dtype."""
     c, dims = x.shape[1], [0, *range(2, x.dim())]
+    segments = segments or (x.shape[0],)
     xf = x.to(torch.promote_types(x.dtype, torch.float32))
-    count = torch.full((1,), x.numel() // max(1, c), dtype=xf.dtype, device=x.device)
-    local_mean = xf.mean(dims) if x.numel() else xf.new_zeros(c)
     shape = (1, c) + (1,) * (x.dim() - 2)
-    local_centred = ((xf - local_mean.view(shape)) ** 2).sum(dims)
-    parts = group.gather(torch.cat([count, local_mean, local_centred]))
-    n, mean, var = combine_statistics(parts[:, 0], parts[:, 1:c + 1], parts[:, c + 1:])
-    y = (xf - mean.view(shape)) * torch.rsqrt(var + eps).view(shape)
-    if weight is not None:
-        y = y * weight.view(shape) + bias.view(shape)
-    if track:
-        with torch.no_grad():
-            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-            running_var.lerp_((var * n / (n - 1).clamp_min(1)).to(running_var.dtype), momentum)
-    return y.to(x.dtype)
+    parts, starts = [], [sum(segments[:i]) for i in range(len(segments))]
+    for start, size in zip(starts, segments):
+        xs = xf[start:start + size]
+        count = torch.full((1,), xs.numel() // max(1, c), dtype=xf.dtype, device=x.device)
+        local_mean = xs.mean(dims) if xs.numel() else xf.new_zeros(c)
+        local_centred = ((xs - local_mean.view(shape)) ** 2).sum(dims)
+        parts.append(torch.cat([count, local_mean, local_centred]))
+    gathered = group.gather(torch.cat(parts)).view(group.world, len(segments), 2 * c + 1)
+    outputs = []
+    for i, (start, size) in enumerate(zip(starts, segments)):
+        n, mean, var = combine_statistics(gathered[:, i, 0], gathered[:, i, 1:c + 1],
+                                          gathered[:, i, c + 1:])
+        y = (xf[start:start + size] - mean.view(shape)) * torch.rsqrt(var + eps).view(shape)
+        if weight is not None:
+            y = y * weight.view(shape) + bias.view(shape)
+        if track and i == 0:
+            with torch.no_grad():
+                running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+                running_var.lerp_((var * n / (n - 1).clamp_min(1)).to(running_var.dtype),
+                                  momentum)
+        outputs.append(y)
+    return (outputs[0] if len(outputs) == 1 else torch.cat(outputs)).to(x.dtype)

@@ -26,43 +26,63 @@ EVAL_BN_MODES = ("running", "recalibrated", "batch")
 
 
 class BatchNorm(nn.BatchNorm2d):
-    """A BatchNorm2d whose running statistics a call may leave alone (``update_stats=False``,
-    for generated batches), and which ``use_batch_stats`` makes use batch statistics at
-    evaluation too (the notebook's behaviour). It runs as ATen's batch norm on every device;
-    across torchrun's ranks, batch statistics are those of the global batch
+    """A BatchNorm2d over a batch of segments (real, generated, labeled images) that
+    normalises each segment with its own batch statistics, so that one call over the
+    concatenated batch is the same function as one call per segment. Running statistics come
+    from the first segment alone, and only with ``update_stats``. ``use_batch_stats`` makes
+    it use batch statistics at evaluation too (the notebook's behaviour). Across torchrun's
+    ranks, batch statistics are those of the global batch
     (:func:`ssgan.distributed.synced_batch_norm`)."""
 
     def __init__(self, channels: int):
         super().__init__(channels, eps=BN_EPS)
         self.use_batch_stats = False
 
-    def normalize(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
-        """The BatchNorm applied by ATen's ``batch_norm``; x (N, C, ...), returned alike."""
-        batch_stats = self.training or self.use_batch_stats
-        track = self.training and update_stats
-        weight = 0.0
-        if track:
-            self.num_batches_tracked += 1
-            # momentum None means a cumulative average, as in nn.BatchNorm2d
-            weight = (1.0 / self.num_batches_tracked.item() if self.momentum is None
+    @property
+    def batch_statistics(self) -> bool:
+        return self.training or self.use_batch_stats
+
+    def track(self, update_stats: bool) -> tuple[bool, float]:
+        """(whether this call moves the running statistics, by which factor), counting the
+        call as nn.BatchNorm2d does."""
+        if not (self.training and update_stats):
+            return False, 0.0
+        self.num_batches_tracked += 1
+        # momentum None means a cumulative average, as in nn.BatchNorm2d
+        return True, (1.0 / self.num_batches_tracked.item() if self.momentum is None
                       else self.momentum)
+
+    def normalize(self, x: torch.Tensor, segments: tuple[int, ...] | None = None,
+                  update_stats: bool = True) -> torch.Tensor:
+        """The BatchNorm of x (N, C, ...) by ATen's batch norm (per segment), returned alike."""
+        if not self.batch_statistics:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        track, momentum = self.track(update_stats)
+        segments = segments or (x.shape[0],)
         group = distributed.current()
-        if batch_stats and group.active:
-            return distributed.synced_batch_norm(group, x, self.weight, self.bias, self.running_mean,
-                                                 self.running_var, weight, self.eps, track)
-        running = ((self.running_mean, self.running_var) if track or not batch_stats
-                   else (None, None))
-        return F.batch_norm(x, *running, self.weight, self.bias, batch_stats, weight, self.eps)
+        if group.active:
+            return distributed.synced_batch_norm(group, x, self.weight, self.bias,
+                                                 self.running_mean, self.running_var, momentum,
+                                                 self.eps, track, segments)
+        parts, start = [], 0
+        for i, size in enumerate(segments):
+            running = (self.running_mean, self.running_var) if track and i == 0 else (None, None)
+            parts.append(F.batch_norm(x[start:start + size], *running, self.weight, self.bias,
+                                      True, momentum, self.eps))
+            start += size
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class LeakyBlock(nn.Module):
-    """Optional BatchNorm (ATen's), then leaky-ReLU and dropout in one fused kernel call.
+    """Optional BatchNorm, then leaky-ReLU and dropout.
 
-    Without dropout (p == 0, or evaluation) there is nothing to fuse, and the block runs
-    ATen's leaky-ReLU, the identity for slope 1: the fused op would run the same single pass
-    plus its own call overhead. The BatchNorm is not folded into the op as scale and shift:
-    its statistics, the small ops that make scale and shift and their autograd cost more
-    launches than ATen's batch norm on a GPU and more time on a CPU (docs/gpu.md).
+    Where the device decides so (``DevicePolicy.fused_batch_norm``), a BatchNorm with batch
+    statistics runs with the activation and dropout as one fused op
+    (:func:`ssgan.kernels.batch_norm_leaky_relu_dropout`: two launches each way, whatever the
+    segments). Elsewhere it is ATen's batch norm, then the fused leaky-ReLU + dropout kernel
+    where the block drops out, else ATen's leaky-ReLU (the identity for slope 1): without
+    dropout the fused op would run the same single pass plus its own call overhead.
     """
 
     def __init__(self, channels: int | None, alpha: float, p: float = 0.0):
@@ -70,12 +90,22 @@ class LeakyBlock(nn.Module):
         self.bn = BatchNorm(channels) if channels else None
         self.alpha, self.p = alpha, p
 
-    def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, segments: tuple[int, ...] | None = None,
+                update_stats: bool = True) -> torch.Tensor:
+        p = self.p if self.training else 0.0
+        if (self.bn is not None and self.bn.batch_statistics and policy(x.device).fused_batch_norm
+                and not distributed.current().active):
+            track, momentum = self.bn.track(update_stats)
+            running = (self.bn.running_mean, self.bn.running_var) if track else (None, None)
+            return K.batch_norm_leaky_relu_dropout(
+                x, self.bn.weight, self.bn.bias, segments=segments, running_mean=running[0],
+                running_var=running[1], momentum=momentum, eps=self.bn.eps,
+                negative_slope=self.alpha, p=p)
         if self.bn is not None:
-            x = self.bn.normalize(x, update_stats)
-        if self.p == 0 or not self.training:
+            x = self.bn.normalize(x, segments, update_stats)
+        if p == 0:
             return x if self.alpha == 1 else F.leaky_relu(x, self.alpha)
-        return K.leaky_relu_dropout(x, negative_slope=self.alpha, p=self.p, training=True)
+        return K.leaky_relu_dropout(x, negative_slope=self.alpha, p=p, training=True)
 
 
 class Discriminator(nn.Module):
@@ -146,7 +176,8 @@ class Discriminator(nn.Module):
             b.p = p
         self.train(saved[2])
 
-    def features(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+    def features(self, x: torch.Tensor, segments: tuple[int, ...] | None = None,
+                 update_stats: bool = True) -> torch.Tensor:
         """The pooled features (B, 2*size_mult) that the heads read and feature matching
         compares; x as in :meth:`forward`."""
         h = self.input_dropout(x)
@@ -154,16 +185,24 @@ class Discriminator(nn.Module):
         h = self.act2(self.conv2(h))
         for layer, act in ((self.conv3, self.act3), (self.conv4, self.act4),
                            (self.conv5, self.act5)):
-            h = act(layer(h), update_stats)
+            h = act(layer(h), segments, update_stats)
         h = self.act7(self.conv7(h))
         # at least fp32 (bf16 under autocast): feature matching compares these means
         return h.to(K.reference.compute_dtype(h.dtype)).mean(dim=(2, 3))
 
-    def forward(self, x: torch.Tensor, update_stats: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``update_stats=False`` keeps generated batches out of the BN running statistics."""
-        features = self.features(x, update_stats)
-        class_logits = self.classifier(features)
+    def classify(self, x: torch.Tensor, segments: tuple[int, ...] | None = None,
+                 update_stats: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class_logits, features) of :meth:`forward`, without the GAN logits (the training
+        step's loss head computes them)."""
+        features = self.features(x, segments, update_stats)
+        return self.classifier(features), features
+
+    def forward(self, x: torch.Tensor, segments: tuple[int, ...] | None = None,
+                update_stats: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``segments``: row counts of the batch's segments, each normalised by its own batch
+        statistics (default: one segment); running statistics come from the first, and only
+        with ``update_stats`` (False keeps generated batches out of them)."""
+        class_logits, features = self.classify(x, segments, update_stats)
         # the log-sum-exp head in fp32 (at least) whatever autocast made of the logits
         head_in = class_logits.to(K.reference.compute_dtype(class_logits.dtype))
         return class_logits, K.gan_logits(head_in, extra_class=self.extra_class), features

@@ -33,7 +33,7 @@ from ssgan.cuda_graph import StepGraph
 from ssgan.data import Dataset, check_labels, select_labeled, to_unit_range
 from ssgan.devices import policy, resolve_device
 from ssgan.evaluation import accuracy, eval_batch_size, eval_bn_statistics
-from ssgan.losses import discriminator_loss, feature_matching_loss, prediction_entropy
+from ssgan.losses import discriminator_loss, feature_matching_loss
 from ssgan.models import Discriminator, build_models
 from ssgan.precision import autocast, check_precision
 
@@ -194,29 +194,40 @@ class Trainer:
         return losses
 
     def _losses(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The step's forward: both players' losses and the batch's hits."""
+        """The step's forward: both players' losses and the batch's hits.
+
+        D sees the segments real, fake and, where the recipe has a separate labeled batch, the
+        labeled images: in one pass over their concatenation or one pass per segment (the
+        device's ``one_pass_discriminator``), the same function either way, since each
+        segment's BatchNorm uses its own statistics and only the real one moves the running
+        statistics. One fused op then computes every D loss term from the class logits."""
         cfg = self.cfg
         extra = self._labeled_batch(cfg.labeled_batch_size) if cfg.labeled_batch_size else None
-        if extra is not None and cfg.labeled_batch_terms == "all":
+        separate = extra is not None and cfg.labeled_batch_terms == "supervised"
+        if extra is not None and not separate:
             idx = torch.cat([idx, extra])
-        real = self._real_images(idx)
-        labels = self.train_labels[idx]
-        fake = self.g(self._sample_z(cfg.batch_size))
-        class_real, gan_real, feat_real = self.d(real)
-        _, gan_fake, feat_fake = self.d(fake, update_stats=False)
-        class_sup, labels_sup = class_real, labels
-        if extra is not None and cfg.labeled_batch_terms == "supervised":
-            # Improved GAN: the labeled batch passes through D for the supervised term alone
-            class_sup, _, _ = self.d(self._real_images(extra), update_stats=False)
-            labels_sup = self.train_labels[extra]
-        labeled = labels_sup >= 0
-        losses = discriminator_loss(class_sup, gan_real, gan_fake, labels_sup, labeled,
-                                    cfg.unlabeled_weight, self.group.labeled_share(labeled))
-        if cfg.entropy_weight:
-            losses["entropy"] = prediction_entropy(class_real, self.data.num_classes)
-            losses["d_loss"] = losses["d_loss"] + cfg.entropy_weight * losses["entropy"]
+        sup_idx = extra if separate else idx
+        images = [self._real_images(idx), self.g(self._sample_z(cfg.batch_size))]
+        if separate:
+            # Improved GAN: the labeled batch feeds the supervised term alone
+            images.append(self._real_images(extra))
+        segments = tuple(image.shape[0] for image in images)
+        if policy(self.device).one_pass_discriminator:
+            class_logits, features = self.d.classify(torch.cat(images), segments)
+            feat_real, feat_fake = features[:segments[0]], features[segments[0]:sum(segments[:2])]
+        else:
+            outputs = [self.d.classify(image, update_stats=i == 0)
+                       for i, image in enumerate(images)]
+            class_logits = torch.cat([logits for logits, _ in outputs])
+            feat_real, feat_fake = outputs[0][1], outputs[1][1]
+        labels = self.train_labels[sup_idx]
+        labeled = labels >= 0
+        head = dict(zip(K.reference.HEAD_OUTPUTS,
+                        K.gan_loss_head(class_logits, labels, labeled, segments=segments,
+                                        extra_class=cfg.extra_class)))
+        losses = discriminator_loss(head, cfg.unlabeled_weight, cfg.entropy_weight,
+                                    self.group.labeled_share(labeled))
         losses["g_loss"] = feature_matching_loss(feat_real, feat_fake, self.group.batch_mean)
-        losses.update(self._batch_hits(class_sup, labels_sup))
         return losses
 
     def _supervised_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
