@@ -13,8 +13,8 @@ shared memory, SASS instructions. From those it estimates, per specialization:
 - an H100 time at the model's shapes and at 256 MB: the larger of bytes / bandwidth and
   instructions / issue rate, plus a launch floor.
 
-For one training step it counts kernel launches and HBM bytes on the fused path and on the
-stock-PyTorch path (``bench/stock.py``), on the CPU: a ``TorchDispatchMode`` sees every ATen op
+For one training step of each recipe it counts kernel launches and HBM bytes on the fused path
+and on the stock-PyTorch path (``bench/stock.py``), on the CPU: a ``TorchDispatchMode`` sees every ATen op
 (views and allocations launch nothing; every other op counts as one launch that reads its
 inputs and writes its outputs once), and every Triton launch counts as one launch moving the
 bytes its kernel must move.
@@ -135,6 +135,12 @@ def element_bytes(result: dict) -> float:
     """HBM bytes the kernel must move per element of its main tensor (reads + writes)."""
     size = DTYPE_BYTES.get(main_dtype(result), 4)
     per_element = {"leaky_relu_dropout.forward": 2, "leaky_relu_dropout.backward": 3,
+                   # the statistics read x twice (mean, then centred squares)
+                   "batch_norm_leaky_relu_dropout.statistics": 2,
+                   "batch_norm_leaky_relu_dropout.forward": 2,
+                   "batch_norm_leaky_relu_dropout.reduction": 2,
+                   "batch_norm_leaky_relu_dropout.backward": 3,
+                   "gan_loss_head.forward": 1, "gan_loss_head.backward": 2,
                    "gan_logits.forward": 1, "gan_logits.backward": 2,
                    "masked_cross_entropy.forward": 1, "masked_cross_entropy.backward": 2}
     if kernel_kind(result) == "masked_cross_entropy.finish":
@@ -146,6 +152,8 @@ def elements_per_program(result: dict) -> int:
     c = result["constexprs"]
     if "BLOCK_A" in c:
         return c["BLOCK_A"] * c["BLOCK_B"]
+    if "BLOCK_R" in c:   # row loops: one (rows x columns) tile
+        return c["BLOCK_R"] * c.get("BLOCK_C", c.get("BLOCK_K", 1))
     for columns in ("BLOCK_C", "BLOCK_K"):   # row kernels: rows x one column block
         if columns in c:
             return c["BLOCK_B"] * c[columns]
@@ -237,20 +245,27 @@ def _users_gpu_optimizers(trainer) -> None:
                                                 betas=(cfg.beta1, 0.999), foreach=True))
 
 
+RECIPES = ("notebook", "improved")
+# CI's bar (tests/test_gpu_static.py): the fused step's launches as a share of stock's
+MAX_LAUNCH_SHARE = 0.7
+
+
 def step_traffic(batch: int = 128) -> list[dict]:
-    """Kernel launches and HBM bytes of one notebook training step, fused vs stock, each with
-    the decisions a GPU takes (``ssgan.devices.POLICIES["cuda"]``). The fused step is the
-    trainer's graph-ready step, which a GPU replays from one CUDA graph: its launches are
-    the graph's nodes; the stock step runs PyTorch's default (foreach) Adam."""
+    """Kernel launches and HBM bytes of one training step of each recipe, fused vs stock,
+    each with the decisions a GPU takes (``ssgan.devices.POLICIES["cuda"]``: one D pass, the
+    fused batch norm). The fused step is the trainer's graph-ready step, which a GPU replays
+    from one CUDA graph: its launches are the graph's nodes; the stock step runs PyTorch's
+    default (foreach) Adam."""
     from ssgan.devices import decisions_of
     rows = []
-    for path in ("fused (ssgan)", "stock PyTorch"):
-        with decisions_of("cuda"):
-            rows.append(_path_traffic(path, batch))
+    for recipe in RECIPES:
+        for path in ("fused (ssgan)", "stock PyTorch"):
+            with decisions_of("cuda"):
+                rows.append(_path_traffic(path, batch, recipe))
     return rows
 
 
-def _path_traffic(path: str, batch: int) -> dict:
+def _path_traffic(path: str, batch: int, recipe: str) -> dict:
     """One path's launches and bytes in one step (Adam's state created outside the count).
     A foreach or fused optimizer op counts as one launch, as every other ATen op does."""
     import ssgan.kernels as K
@@ -258,7 +273,8 @@ def _path_traffic(path: str, batch: int) -> dict:
     from bench.gpu_compile import record_launches
     from bench.train_step import make_trainer
 
-    trainer = make_trainer("ssgan", batch, smoke=False, device=torch.device("cpu"))
+    trainer = make_trainer("ssgan", batch, smoke=False, device=torch.device("cpu"),
+                           recipe=recipe)
     counter = StepCounter()
     if path.startswith("stock"):
         g, d = stock.stock_models(trainer)
@@ -274,8 +290,8 @@ def _path_traffic(path: str, batch: int) -> dict:
             with record_launches(dry=True) as launches, counter.mode:
                 trainer.graph_ready_step()
     total = counter.launches + len(launches)
-    return {"path": path, "aten_launches": counter.launches, "triton_launches": len(launches),
-            "launches": total,
+    return {"recipe": recipe, "path": path, "aten_launches": counter.launches,
+            "triton_launches": len(launches), "launches": total,
             "hbm_mb": round((counter.bytes + sum(map(_launch_bytes, launches))) / 2**20, 1),
             "launch_floor_us": round(total * H100["launch_floor_s"] * 1e6, 1),
             "top_ops": json.dumps(dict(sorted(counter.ops.items(), key=lambda kv: -kv[1])[:8]))}
@@ -302,7 +318,8 @@ FLAG_NAMES = ("HAS_DROPOUT", "SHARED_PHILOX", "CHANNELS_LAST", "HAS_SCALE", "AFF
 def flags(result: dict) -> str:
     c = result["constexprs"]
     on = [k.lower() for k in FLAG_NAMES if c.get(k) is True]
-    blocks = "x".join(str(c[k]) for k in ("BLOCK_A", "BLOCK_B", "BLOCK_C", "BLOCK_K", "BLOCK")
+    blocks = "x".join(str(c[k]) for k in ("BLOCK_A", "BLOCK_B", "BLOCK_R", "BLOCK_C", "BLOCK_K",
+                                          "BLOCK")
                       if k in c)
     p = f"p={c['P']}" if c.get("HAS_DROPOUT") else ""
     return " ".join(filter(None, [*on, p, f"block {blocks}"]))
@@ -342,12 +359,15 @@ def markdown(rows: list[dict], step_rows: list[dict]) -> str:
                      f"{r['occupancy']:.0%} | {r['bytes_per_element']:g} | "
                      f"{r['elements']:,}, {r['model_us']} | {r['large_us']}, "
                      f"{r['large_gbps']}, {r['large_bound']} |")
-    step = ["", "One notebook training step (batch 128, SVHN shapes), counted on the CPU:", "",
-            "| path | launches (ATen + Triton) | HBM MB (model) | launch floor, us |",
-            "| --- | ---: | ---: | ---: |"]
-    step += [f"| {r['path']} | {r['launches']} ({r['aten_launches']} + "
-             f"{r['triton_launches']}) | {r['hbm_mb']} | {r['launch_floor_us']} |"
-             for r in step_rows]
+    step = ["", "One training step per recipe (batch 128; the notebook's on SVHN shapes, the "
+            "improved one on MNIST's), with a GPU's decisions, counted on the CPU:", "",
+            "| recipe | path | launches (ATen + Triton) | share of stock | HBM MB (model) | "
+            "launch floor, us |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    stock_launches = {r["recipe"]: r["launches"] for r in step_rows
+                      if r["path"].startswith("stock")}
+    step += [f"| {r['recipe']} | {r['path']} | {r['launches']} ({r['aten_launches']} + "
+             f"{r['triton_launches']}) | {r['launches'] / stock_launches[r['recipe']]:.2f} | "
+             f"{r['hbm_mb']} | {r['launch_floor_us']} |" for r in step_rows]
     return head + "\n".join(lines + step) + "\n"
 
 

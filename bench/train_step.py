@@ -1,4 +1,5 @@
-"""End-to-end benchmark: the notebook's full training step on SVHN-shaped synthetic data.
+"""End-to-end benchmark: a recipe's full training step (``--recipe``: the notebook's, or the
+improved one that a bare ``ssgan train`` runs) on synthetic data of the recipe's shapes.
 
 Variants, all measured in the same run:
 - ``ssgan``: the trainer's graph-ready step run eagerly, with its default kernels (compiled
@@ -14,6 +15,10 @@ Variants, all measured in the same run:
   against the fastest of these at the same batch size, named in ``best_stock``;
 - ``stock+channels_last``: the stock model in the channels-last layout the ssgan step uses on
   a CPU, to show how much of a gain is layout rather than fusion (not a baseline);
+- ``ssgan+one-pass`` and ``ssgan+fused-bn``: the ssgan step with one of its device's decisions
+  turned the other way (``DevicePolicy.one_pass_discriminator``: D once over the concatenated
+  segments or once per segment; ``fused_batch_norm``: the fused batch-norm op or ATen's), the
+  measurement behind that decision;
 - ``reference``: the trainer on ssgan's eager PyTorch twins (a correctness reference, never a
   baseline);
 - with ``--precision bf16``: ``ssgan+bf16`` (``ssgan train --precision bf16``'s step, and its
@@ -32,11 +37,13 @@ Output: ``train_step.csv``, ``train_step.md`` and ``train_step.png`` under ``ben
     python -m bench.train_step                    # GPU if visible, else CPU (batch 128)
     python -m bench.train_step --device cpu --threads 2
     python -m bench.train_step --device cpu --threads 2 --precision bf16
+    python -m bench.train_step --device cpu --threads 2 --recipe improved
     python -m bench.train_step --smoke            # tiny model: checks the harness only
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -48,16 +55,19 @@ from bench import common, stock
 from ssgan.data import Dataset, Split
 from ssgan.config import config_for
 from ssgan.cuda_graph import WARMUP_STEPS, StepGraph
+from ssgan.devices import decisions_of, policy
 from ssgan.train import Trainer
 
 SVHN_TRAIN_IMAGES = 73_257
-VARIANTS = ("ssgan", "ssgan+cudagraph", "stock", "stock+compile", "stock+reduce-overhead",
+VARIANTS = ("ssgan", "ssgan+cudagraph", "ssgan+one-pass", "ssgan+fused-bn", "stock", "stock+compile", "stock+reduce-overhead",
             "stock+cudagraph", "stock+channels_last", "reference", "ssgan+bf16",
             "ssgan+bf16+cudagraph", "stock+bf16", "stock+bf16+compile",
             "stock+bf16+reduce-overhead", "stock+bf16+cudagraph")
 BASELINES = ("stock", "stock+compile", "stock+reduce-overhead", "stock+cudagraph", "stock+bf16",
              "stock+bf16+compile", "stock+bf16+reduce-overhead", "stock+bf16+cudagraph")
 GPU_ONLY = tuple(v for v in VARIANTS if v.endswith(("+cudagraph", "+reduce-overhead")))
+# the device's decisions (ssgan.devices.DevicePolicy) that a variant turns the other way
+DECISIONS = {"ssgan+one-pass": "one_pass_discriminator", "ssgan+fused-bn": "fused_batch_norm"}
 # --precision bf16 times the bf16 variants beside fp32's (ssgan's and stock's) in one run
 PRECISION_VARIANTS = {
     "fp32": tuple(v for v in VARIANTS if "+bf16" not in v),
@@ -78,23 +88,46 @@ def synthetic_svhn(n: int, size: int = 32) -> Dataset:
     return Dataset(Split(images, labels), None, 10)
 
 
-def make_trainer(variant: str, batch: int, smoke: bool, device: torch.device) -> Trainer:
-    cfg = config_for("notebook", batch_size=batch, labels=1000 if not smoke else 20,
-                     device=str(device), kernels="torch" if variant == "reference" else "auto",
-                     progress=False, out_dir="/nonexistent",
+def synthetic_data(recipe: str, n: int) -> Dataset:
+    """Random images of the recipe's dataset's shapes: SVHN's 3x32x32, or MNIST's 1x32x32."""
+    if config_for(recipe).dataset != "mnist":
+        return synthetic_svhn(n)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8, generator=g)
+    return Dataset(Split(images, torch.randint(0, 10, (n,), generator=g)), None, 10)
+
+
+def make_trainer(variant: str, batch: int, smoke: bool, device: torch.device,
+                 recipe: str = "notebook") -> Trainer:
+    labels = config_for(recipe).labels if not smoke else 20
+    cfg = config_for(recipe, batch_size=batch, labels=labels, device=str(device),
+                     kernels="torch" if variant == "reference" else "auto", progress=False,
+                     out_dir="/nonexistent",
                      precision=variant_precision(variant) if variant.startswith("ssgan")
                      else "fp32")
     if smoke:
         cfg.d_size_mult, cfg.g_size_mult, cfg.z_dim = 4, 4, 8
-    trainer = Trainer(cfg, synthetic_svhn(max(4 * batch, 1000 if not smoke else 64)))
+        cfg.labeled_batch_size = min(cfg.labeled_batch_size, batch)
+    trainer = Trainer(cfg, synthetic_data(recipe, max(4 * batch, 1000 if not smoke else 64)))
     trainer.batch_idx.copy_(torch.arange(batch, device=device))
     return trainer
 
 
-def step_fn(variant: str, batch: int, smoke: bool, device: torch.device):
+def decisions(variant: str, device: torch.device):
+    """The device's own decisions, or with the one ``variant`` turns the other way."""
+    field = DECISIONS.get(variant)
+    if field is None:
+        return contextlib.nullcontext()
+    kind = device.type
+    return decisions_of(kind, **{field: not getattr(policy(kind), field)})
+
+
+def step_fn(variant: str, batch: int, smoke: bool, device: torch.device,
+            recipe: str = "notebook"):
     """A zero-argument callable that runs one training step of ``variant``, through the
     trainer's :class:`ssgan.cuda_graph.StepGraph` (which captures the ``+cudagraph`` ones)."""
-    trainer = make_trainer(variant, batch, smoke, device)
+    with decisions(variant, device):
+        trainer = make_trainer(variant, batch, smoke, device, recipe)
     graphed = variant.endswith("+cudagraph")
     if variant.startswith("stock"):
         compile_mode = ("default" if variant.endswith("+compile") else "reduce-overhead"
@@ -108,7 +141,8 @@ def step_fn(variant: str, batch: int, smoke: bool, device: torch.device):
         backend, check = trainer.cfg.kernels, K.DeferredTargetCheck()
 
         def step():  # as the trainer's loop runs it
-            with K.use_backend(backend), K.deferred_target_checks(check):
+            with decisions(variant, device), K.use_backend(backend), \
+                    K.deferred_target_checks(check):
                 trainer.graph_ready_step()
     runner = StepGraph(step, device, capture=graphed, generators=[trainer.batch_rng])
 
@@ -121,10 +155,10 @@ def step_fn(variant: str, batch: int, smoke: bool, device: torch.device):
     return run
 
 
-def step_flops(batch: int, smoke: bool, device: torch.device) -> int:
+def step_flops(batch: int, smoke: bool, device: torch.device, recipe: str) -> int:
     """FLOPs of one step (forward and backward of both players), counted on the stock model:
     they are a property of the step, the same for every variant."""
-    run = step_fn("stock", batch, smoke, device)
+    run = step_fn("stock", batch, smoke, device, recipe)
     counter = FlopCounterMode(display=False)
     with counter:
         run()
@@ -136,14 +170,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def prepare(variant: str, batch: int, smoke: bool, device: torch.device) -> dict:
+def prepare(variant: str, batch: int, smoke: bool, device: torch.device,
+            recipe: str = "notebook") -> dict:
     """Builds the variant and runs its first step (the compile warm-up, timed)."""
-    row: dict = {"variant": variant, "batch": batch}
+    row: dict = {"variant": variant, "recipe": recipe, "batch": batch}
     if variant in GPU_ONLY and device.type != "cuda":
         return {**row, "status": "skipped: CUDA graphs need a CUDA device"}
     try:
         start = time.perf_counter()
-        run = step_fn(variant, batch, smoke, device)
+        run = step_fn(variant, batch, smoke, device, recipe)
         for _ in range(1 + graph_warmup(variant)):  # through capture, for graphed variants
             run()
         _sync(device)
@@ -223,14 +258,14 @@ def plot(rows: list[dict], path) -> None:
                   [f"batch {b}" for b in batches])
     ax.set_ylabel("ms per training step (lower is better)")
     threads = f", {rows[0]['threads']} threads" if rows[0]["threads"] else ""
-    ax.set_title(f"training step, {rows[0]['device']}{threads}")
+    ax.set_title(f"{rows[0]['recipe']} training step, {rows[0]['device']}{threads}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-TABLE = {"variant": "variant", "batch": "batch", "ms_per_step": "ms/step (median)",
+TABLE = {"variant": "variant", "recipe": "recipe", "batch": "batch", "ms_per_step": "ms/step (median)",
          "speedup_vs_stock": "vs stock", "speedup_vs_stock+compile": "vs stock+compile",
          "speedup_vs_best_stock": "vs best stock", "best_stock": "best stock",
          "warmup_s": "first step, s", "peak_mem_mb": "peak MB", "pct_peak":
@@ -243,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     common.add_common_args(parser)
     parser.add_argument("--batches", nargs="+", type=int, default=None,
                         help="batch sizes (default: 128, plus 512 on a GPU; smoke: 8)")
+    parser.add_argument("--recipe", choices=("notebook", "improved"), default="notebook",
+                        help="whose step: the notebook's (SVHN shapes) or the improved one "
+                        "(MNIST shapes; a bare ssgan train) (default: notebook)")
     parser.add_argument("--precision", choices=list(PRECISION_VARIANTS), default="fp32",
                         help="fp32 variants only, or bf16's beside ssgan's and stock's fp32 "
                         "(default: fp32)")
@@ -256,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     default_batches = [8] if args.smoke else ([128, 512] if device.type == "cuda" else [128])
     rows = []
     for batch in args.batches or default_batches:
-        flops = step_flops(batch, args.smoke, device)
-        prepared = [prepare(v, batch, args.smoke, device)
+        flops = step_flops(batch, args.smoke, device, args.recipe)
+        prepared = [prepare(v, batch, args.smoke, device, args.recipe)
                     for v in args.variants or PRECISION_VARIANTS[args.precision]]
         measure(prepared, device, args.smoke, args.rounds)
         rows += [{**finish(p, device, flops, peak), **env} for p in prepared]

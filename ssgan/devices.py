@@ -7,6 +7,7 @@ any machine, and no module scatters its own ``is_cuda`` checks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -66,26 +67,30 @@ POLICIES: dict[str, DevicePolicy] = {
 }
 
 
-_forced: list[str] = []  # innermost decisions_of() block last
+_forced: list[DevicePolicy] = []  # innermost decisions_of() block last
 
 
 def policy(device: torch.device | str) -> DevicePolicy:
     """The decisions for ``device`` (a device, a tensor's device, or a type name such as
     ``"cuda"``); device types without an entry of their own take the GPU's. Inside
     :func:`decisions_of` every device gets that block's decisions."""
-    kind = _forced[-1] if _forced else device if isinstance(device, str) else device.type
+    if _forced:
+        return _forced[-1]
+    kind = device if isinstance(device, str) else device.type
     return POLICIES.get(kind.split(":")[0], POLICIES["cuda"])
 
 
 @contextlib.contextmanager
-def decisions_of(kind: str) -> Iterator[DevicePolicy]:
+def decisions_of(kind: str, **changes) -> Iterator[DevicePolicy]:
     """Within the block, models and trainers built or run on any device take ``kind``'s
-    decisions: ``bench.gpu_static`` records a GPU's training step on a CPU this way."""
+    decisions, with ``changes`` (DevicePolicy fields) applied: ``bench.gpu_static`` records a
+    GPU's training step on a CPU this way, and ``bench.train_step`` times the CPU's
+    alternatives."""
     if kind not in POLICIES:
         raise ValueError(f"no device policy for {kind!r}; known: {', '.join(POLICIES)}")
-    _forced.append(kind)
+    _forced.append(dataclasses.replace(POLICIES[kind], **changes))
     try:
-        yield POLICIES[kind]
+        yield _forced[-1]
     finally:
         _forced.pop()
 
