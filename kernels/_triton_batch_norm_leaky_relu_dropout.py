@@ -95,14 +95,13 @@ def _statistics_kernel(x_ptr, stats_ptr, rmean_ptr, rvar_ptr, B1, B2, B3, N, C, 
 
 
 @triton.jit
-def _normalized(x, n, c, C, stats_ptr, w_ptr, b_ptr, B1, B2, B3,
-                NUM_SEGMENTS: tl.constexpr):
-    """(x - mean) * (weight * rstd) + bias, per row's segment: (z, scale, xhat), in x's
-    (compute) dtype."""
-    seg = _segment(n, B1, B2, B3)
+def _normalized(x, seg, c, C, inside, stats_ptr, w_ptr, b_ptr, NUM_SEGMENTS: tl.constexpr):
+    """(x - mean) * (weight * rstd) + bias with segment ``seg``'s statistics: (z, scale, xhat,
+    the (segment, channel) offsets), in x's (compute) dtype. Loads only where ``inside``: a
+    row past the end has no segment."""
     at = seg * C + c
-    mean = tl.load(stats_ptr + at, mask=c < C, other=0.0).to(x.dtype)
-    rstd = tl.load(stats_ptr + NUM_SEGMENTS * C + at, mask=c < C, other=0.0).to(x.dtype)
+    mean = tl.load(stats_ptr + at, mask=inside, other=0.0).to(x.dtype)
+    rstd = tl.load(stats_ptr + NUM_SEGMENTS * C + at, mask=inside, other=0.0).to(x.dtype)
     scale = rstd * tl.load(w_ptr + c, mask=c < C, other=0.0).to(x.dtype)
     xhat = (x - mean) * rstd
     z = (x - mean) * scale + tl.load(b_ptr + c, mask=c < C, other=0.0).to(x.dtype)
@@ -129,8 +128,8 @@ def _forward_kernel(x_ptr, y_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, B1, B2, B3,
                                         BLOCK_A, BLOCK_B, GROUP)
     x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
-    n = _row_of_tile(pid_a, offs, C, S, num_s_blocks, CHANNELS_LAST)
-    z, _, _, _ = _normalized(x, n, c, C, stats_ptr, w_ptr, b_ptr, B1, B2, B3, NUM_SEGMENTS)
+    seg = _segment(_row_of_tile(pid_a, offs, C, S, num_s_blocks, CHANNELS_LAST), B1, B2, B3)
+    z, _, _, _ = _normalized(x, seg, c, C, in_bounds, stats_ptr, w_ptr, b_ptr, NUM_SEGMENTS)
     y = _slope_and_mask(z, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
                         NEGATIVE_SLOPE, P, KEEP_SCALE, HAS_DROPOUT, SHARED_PHILOX,
                         CHANNELS_LAST, BLOCK_A, BLOCK_B)
@@ -158,8 +157,7 @@ def _reduction_kernel(dy_ptr, x_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, sums_ptr
                                                     count, c, C, S, CHANNELS_LAST)
             x = tl.load(x_ptr + offs, mask=inside, other=0.0).to(dtype)
             dy = tl.load(dy_ptr + offs, mask=inside, other=0.0).to(dtype)
-            n = start + (j0 + tl.arange(0, BLOCK_R)[:, None]) // S
-            z, _, xhat, _ = _normalized(x, n, c, C, stats_ptr, w_ptr, b_ptr, B1, B2, B3,
+            z, _, xhat, _ = _normalized(x, seg, c, C, inside, stats_ptr, w_ptr, b_ptr,
                                         NUM_SEGMENTS)
             # one Philox word per element (logical index i: word i % 4 at counter i // 4)
             dz = _slope_and_mask(dy, z, seed_ptr, logical, 0, 0, C, S, 1, NEGATIVE_SLOPE, P,
@@ -192,14 +190,15 @@ def _backward_kernel(dy_ptr, x_ptr, dx_ptr, stats_ptr, sums_ptr, w_ptr, b_ptr, s
     dy = tl.load(dy_ptr + offs, mask=in_bounds, other=0.0)
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
     dy = dy.to(x.dtype)
-    n = _row_of_tile(pid_a, offs, C, S, num_s_blocks, CHANNELS_LAST)
-    z, scale, xhat, at = _normalized(x, n, c, C, stats_ptr, w_ptr, b_ptr, B1, B2, B3,
+    seg = _segment(_row_of_tile(pid_a, offs, C, S, num_s_blocks, CHANNELS_LAST), B1, B2, B3)
+    z, scale, xhat, at = _normalized(x, seg, c, C, in_bounds, stats_ptr, w_ptr, b_ptr,
                                      NUM_SEGMENTS)
     dz = _slope_and_mask(dy, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
                          NEGATIVE_SLOPE, P, KEEP_SCALE, HAS_DROPOUT, SHARED_PHILOX,
                          CHANNELS_LAST, BLOCK_A, BLOCK_B)
-    mean_dz = tl.load(sums_ptr + at, mask=c < C, other=0.0).to(x.dtype)
-    mean_dz_xhat = tl.load(sums_ptr + NUM_SEGMENTS * C + at, mask=c < C, other=0.0).to(x.dtype)
+    mean_dz = tl.load(sums_ptr + at, mask=in_bounds, other=0.0).to(x.dtype)
+    mean_dz_xhat = tl.load(sums_ptr + NUM_SEGMENTS * C + at, mask=in_bounds,
+                           other=0.0).to(x.dtype)
     dx = scale * (dz - mean_dz - xhat * mean_dz_xhat)
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=in_bounds)
 

@@ -1,6 +1,7 @@
 """Data-parallel training across processes (ssgan.distributed), on the CPU with gloo: two ranks
 with the global batch B against one process with B, and real torchrun runs of ``ssgan train``
 (outputs, resume, a killed worker)."""
+import dataclasses
 import datetime
 import json
 import os
@@ -16,7 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 import ssgan.train as T
-from ssgan import distributed
+from ssgan import devices, distributed
 from ssgan.distributed import Group
 from test_train import IMPROVED_KNOBS, TIMING, read_metrics, tiny_config, tiny_dataset
 
@@ -120,6 +121,27 @@ def test_two_ranks_equal_one_process_under_bf16(tmp_path):
             assert a[key] == pytest.approx(b[key], rel=2e-2, abs=1e-3), key
     for x, y in zip(forward(one), forward(two)):
         torch.testing.assert_close(x, y, rtol=5e-2, atol=5e-2)
+
+
+def _one_pass_rank(*args) -> None:
+    """A rank whose device (the CPU) runs D once over its segments, as a GPU does."""
+    devices.POLICIES["cpu"] = dataclasses.replace(devices.POLICIES["cpu"],
+                                                  one_pass_discriminator=True)
+    _rank(*args)
+
+
+def test_two_ranks_equal_one_process_with_one_d_pass(tmp_path, monkeypatch):
+    """One D pass over [real; fake] per step: each segment's BatchNorm statistics are the
+    global batch's, gathered in one all-reduce per layer."""
+    monkeypatch.setitem(devices.POLICIES, "cpu", dataclasses.replace(
+        devices.POLICIES["cpu"], one_pass_discriminator=True))
+    one = one_process_run(tmp_path / "one")
+    mp.spawn(_one_pass_rank, args=(2, free_port(), str(tmp_path / "two"), "", {}), nprocs=2)
+    two = torch.load(tmp_path / "two" / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert differences(one, two) == []
+    for a, b in zip(one["history"], two["history"]):
+        for key in ("d_loss", "g_loss", "supervised_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
 
 
 @pytest.mark.parametrize("broken", ["gradients", "batch_norm"])

@@ -1,0 +1,172 @@
+"""The batch-norm block with per-segment statistics against its fp64 twin, against stock
+PyTorch (nn.BatchNorm2d, F.leaky_relu) and against the per-segment calls it replaces."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ssgan.kernels as K
+from ssgan.kernels import _checks, reference as ref
+from helpers import LOW_PRECISION, assert_close_to_truth, randn
+
+EPS = 1e-3
+
+
+def _inputs(shape, dtype, device, layout="contiguous", mean=0.0):
+    x = randn(*shape, dtype=torch.float64, device=device) + mean
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":   # neither layout: every other row of a taller tensor
+        x = randn(shape[0], shape[1], shape[2] * 2, *shape[3:], dtype=torch.float64,
+                  device=device)[:, :, ::2] + mean
+    weight = randn(shape[1], dtype=torch.float64, device=device) + 1.5
+    bias = randn(shape[1], dtype=torch.float64, device=device) * 0.5
+    return x.to(dtype), weight.to(dtype), bias.to(dtype)
+
+
+def _away_from_kink(x, weight, bias, segments):
+    """Fresh inputs until no pre-activation lies within 1e-3 of the leaky-ReLU kink, where
+    finite differences would straddle it."""
+    bounds = _checks.segment_bounds(segments, x.shape[0])
+    mean, _, rstd = ref.batch_norm_statistics(x, bounds, EPS)
+    z = ref._normalized(x, weight, bias, mean, rstd, ref.segment_of_rows(bounds, x.device))
+    return z.abs().min() > 1e-3
+
+
+@pytest.mark.parametrize("shape,segments", [((6, 3, 2, 2), (2, 4)), ((5, 4, 3), (1, 3, 1)),
+                                            ((4, 2, 2, 3), None)])
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_gradcheck_fp64(backend, device, shape, segments, p):
+    for _ in range(20):
+        x, weight, bias = _inputs(shape, torch.float64, device)
+        if _away_from_kink(x, weight, bias, segments or (shape[0],)):
+            break
+    assert K.backend_for(x) == backend
+    args = [t.detach().requires_grad_() for t in (x, weight, bias)]
+    fn = lambda a, w, b: K.batch_norm_leaky_relu_dropout(a, w, b, segments=segments, eps=EPS,
+                                                         p=p, seed=77)
+    assert torch.autograd.gradcheck(fn, args, fast_mode=True)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("shape,segments,layout", [
+    ((7, 5, 3, 4), (3, 1, 3), "contiguous"), ((7, 5, 3, 4), (2, 5), "channels_last"),
+    ((6, 33, 2, 2), (4, 1, 1), "channels_last"), ((5, 3, 4, 4), (2, 2, 1), "strided"),
+    ((9, 37, 5), (4, 5), "contiguous"), ((4, 6, 2, 2), (1, 1, 1, 1), "contiguous")])
+def test_matches_the_fp64_twin(backend, device, dtype, shape, segments, layout):
+    x64, weight, bias = _inputs(shape, torch.float64, device, layout)
+    x = x64.to(dtype)
+    running = [torch.zeros(shape[1], device=device), torch.ones(shape[1], device=device)]
+    running_twin = [t.clone().double() for t in running]
+    args = [t.detach().requires_grad_() for t in (x, weight.to(dtype), bias.to(dtype))]
+    y = K.batch_norm_leaky_relu_dropout(*args, segments=segments, eps=EPS, p=0.4, seed=5,
+                                        running_mean=running[0], running_var=running[1],
+                                        momentum=0.3)
+    assert K.backend_for(x) == backend and y.dtype == dtype and y.shape == x.shape
+    # the truth starts from the same rounded inputs: a pre-activation that rounding moves
+    # across the kink would otherwise change every gradient of its segment and channel
+    truth_args = [t.detach().double().requires_grad_() for t in args]
+    truth = ref.batch_norm_leaky_relu_dropout(*truth_args, segments=segments, eps=EPS, p=0.4,
+                                              seed=5, running_mean=running_twin[0],
+                                              running_var=running_twin[1], momentum=0.3)
+    assert_close_to_truth(y, truth, dtype, scale=4)
+    if layout != "strided":   # the output keeps a native layout
+        assert y.stride() == x.stride()
+    for got, want in zip(running, running_twin):
+        assert_close_to_truth(got, want, torch.float32)
+    dy = randn(*shape, dtype=torch.float64, device=device)
+    y.backward(dy.to(dtype))
+    truth.backward(dy)
+    for got, want in zip(args, truth_args):
+        assert got.grad.dtype == dtype
+        assert_close_to_truth(got.grad, want.grad, dtype, scale=20)
+
+
+def test_one_segment_is_stock_batch_norm_then_leaky_relu(backend, device):
+    """Without dropout, one segment is nn.BatchNorm2d (training) and F.leaky_relu: output,
+    every gradient and the running statistics."""
+    x, weight, bias = _inputs((8, 6, 5, 5), torch.float64, device, mean=3.0)
+    bn = torch.nn.BatchNorm2d(6, eps=EPS, momentum=0.2).double().to(device)
+    with torch.no_grad():
+        bn.weight.copy_(weight)
+        bn.bias.copy_(bias)
+    xs = x.clone().requires_grad_()
+    want = F.leaky_relu(bn(xs), 0.2)
+    running = [torch.zeros(6, dtype=torch.float64, device=device),
+               torch.ones(6, dtype=torch.float64, device=device)]
+    args = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    got = K.batch_norm_leaky_relu_dropout(*args, running_mean=running[0],
+                                          running_var=running[1], momentum=0.2, eps=EPS)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(running[0], bn.running_mean)
+    torch.testing.assert_close(running[1], bn.running_var)
+    dy = torch.randn_like(want)
+    want.backward(dy)
+    got.backward(dy)
+    for mine, stock in zip(args, (xs, bn.weight, bn.bias)):
+        torch.testing.assert_close(mine.grad, stock.grad)
+
+
+def test_segments_are_the_calls_they_replace_and_only_the_first_moves_the_statistics(
+        backend, device):
+    x, weight, bias = _inputs((9, 4, 3, 3), torch.float32, device)
+    segments = (4, 2, 3)
+    running = [torch.zeros(4, device=device), torch.ones(4, device=device)]
+    together = K.batch_norm_leaky_relu_dropout(x, weight, bias, segments=segments, eps=EPS,
+                                               running_mean=running[0],
+                                               running_var=running[1])
+    alone_running = [torch.zeros(4, device=device), torch.ones(4, device=device)]
+    parts = [K.batch_norm_leaky_relu_dropout(
+        x[a:a + n], weight, bias, eps=EPS, running_mean=alone_running[0] if a == 0 else None,
+        running_var=alone_running[1] if a == 0 else None)
+        for a, n in zip((0, 4, 6), segments)]
+    torch.testing.assert_close(together, torch.cat(parts))
+    torch.testing.assert_close(running, alone_running)
+
+
+def test_statistics_stay_exact_when_the_mean_dwarfs_the_std(backend, device):
+    """Data of mean 1e4 and std 1 in fp32: a sum-of-squares variance would cancel to noise."""
+    x, weight, bias = _inputs((16, 3, 6, 6), torch.float32, device, mean=1e4)
+    y = K.batch_norm_leaky_relu_dropout(x, weight, bias, segments=(10, 6), eps=EPS)
+    truth = ref.batch_norm_leaky_relu_dropout(x.double(), weight.double(), bias.double(),
+                                              segments=(10, 6), eps=EPS)
+    torch.testing.assert_close(y.double(), truth, rtol=1e-4, atol=1e-3)
+    stats = F.batch_norm(x[:10].double(), None, None, training=True, eps=EPS)
+    assert stats.std().item() == pytest.approx(1.0, rel=0.05)
+
+
+def test_the_mask_is_leaky_relu_dropouts_for_the_same_seed(backend, device):
+    x, weight, bias = _inputs((6, 8, 4, 4), torch.float32, device, layout="channels_last")
+    y = K.batch_norm_leaky_relu_dropout(x, weight, bias, segments=(3, 3), eps=EPS, p=0.5,
+                                        seed=2024)
+    z = torch.cat([F.batch_norm(x[a:a + 3], None, None, weight, bias, True, 0.0, EPS)
+                   for a in (0, 3)])
+    expected = K.leaky_relu_dropout(z.contiguous(memory_format=torch.channels_last), p=0.5,
+                                    seed=2024)
+    assert torch.equal(y == 0, expected == 0)
+    kept = (y != 0).float().mean().item()
+    assert 0.4 < kept < 0.6
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(segments=(3, 2)), "sum to 5, but x has 6 rows"),
+    (dict(segments=(6, 0)), "positive ints"),
+    (dict(segments=(1, 1, 1, 1, 2)), "at most 4 segments"),
+    (dict(segments=[2.0, 4]), "positive ints"),
+    (dict(p=1.0), "dropout p"),
+    (dict(momentum=2.0), "momentum"),
+    (dict(running_mean=torch.zeros(3)), "both running_mean and running_var"),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    x, weight, bias = _inputs((6, 3, 2, 2), torch.float32, "cpu")
+    with pytest.raises(ValueError, match=message):
+        K.batch_norm_leaky_relu_dropout(x, weight, bias, **kwargs)
+
+
+def test_bad_affine_and_inputs_are_named():
+    x, weight, bias = _inputs((6, 3, 2, 2), torch.float32, "cpu")
+    with pytest.raises(ValueError, match="weight must have one entry per channel"):
+        K.batch_norm_leaky_relu_dropout(x, weight[:2], bias)
+    with pytest.raises(ValueError, match="x must be float64/32/16 or bfloat16"):
+        K.batch_norm_leaky_relu_dropout(x.long(), weight, bias)
+    with pytest.raises(ValueError, match=r"x must be \(N, C, ...\)"):
+        K.batch_norm_leaky_relu_dropout(x[0, 0, 0], weight[:2], bias[:2])
