@@ -3,7 +3,8 @@
 the Triton path.
 
 Two launches each way. Forward: ``_statistics_kernel`` (one program per block of channels,
-looping over the segments and their positions: mean, then the centred sum of squares, so a
+looping over the segments and their positions: the mean (of differences from a pivot),
+then the centred sum of squares, so a
 mean far from 0 costs no precision; it also moves the running statistics towards the first
 segment's), then ``_forward_kernel`` (normalise, affine, leaky ReLU, dropout). Backward:
 ``_reduction_kernel`` (per (segment, channel) sums of dz and dz * xhat, and the weight and bias
@@ -65,12 +66,18 @@ def _statistics_kernel(x_ptr, stats_ptr, rmean_ptr, rvar_ptr, B1, B2, B3, N, C, 
     for seg in tl.static_range(NUM_SEGMENTS):
         start, end = _segment_range(seg, B1, B2, B3, N)
         count = (end - start) * S
+        # sums of x - pivot (the segment's first value per channel): with |mean| >> std the
+        # differences are small and exact, where plain sums of x would round at |x|'s scale
+        first, _, _ = _reduction_tile(tl.zeros((1, 1), tl.int32), start, count, c, C, S,
+                                      CHANNELS_LAST)
+        pivot = tl.load(x_ptr + first, mask=c < C, other=0.0).to(dtype)
         total = tl.zeros((BLOCK_R, BLOCK_C), dtype)
         for j0 in range(0, count, BLOCK_R):
             offs, _, inside = _reduction_tile(j0 + tl.arange(0, BLOCK_R)[:, None], start, count,
                                               c, C, S, CHANNELS_LAST)
-            total += tl.load(x_ptr + offs, mask=inside, other=0.0).to(dtype)
-        mean = tl.sum(total, axis=0) / count
+            total += tl.where(inside, tl.load(x_ptr + offs, mask=inside, other=0.0).to(dtype)
+                              - pivot, 0.0)
+        mean = tl.sum(pivot, axis=0) + tl.sum(total, axis=0) / count
         centred = tl.zeros((BLOCK_R, BLOCK_C), dtype)
         for j0 in range(0, count, BLOCK_R):
             offs, _, inside = _reduction_tile(j0 + tl.arange(0, BLOCK_R)[:, None], start, count,

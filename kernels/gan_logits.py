@@ -13,14 +13,29 @@ from . import _checks, _inductor, _transforms, reference
 from ._backend import backend_for, call_op, triton_module
 
 
+def _forward_inductor(class_logits, extra_class):
+    return _inductor.call(reference.gan_logits_forward, class_logits, extra_class)
+
+
+def _forward_triton(class_logits, extra_class):
+    return triton_module("gan_logits").forward_triton(class_logits, extra_class)
+
+
+def _backward_inductor(dout, class_logits, lse, extra_class):
+    return _inductor.call(reference.gan_logits_backward, dout, class_logits, lse, extra_class)
+
+
+def _backward_triton(dout, class_logits, lse, extra_class):
+    return triton_module("gan_logits").backward_triton(dout, class_logits, lse, extra_class)
+
+
 @torch.library.custom_op("ssgan::gan_logits_fwd", mutates_args=())
 def _forward_op(class_logits: torch.Tensor, extra_class: bool,
                 backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not class_logits.shape[0]:  # nothing to launch or compile
         return reference.gan_logits_forward(class_logits, extra_class)
-    if backend == "inductor":
-        return _inductor.call(reference.gan_logits_forward, class_logits, extra_class)
-    return triton_module("gan_logits").forward_triton(class_logits, extra_class)
+    launch = _forward_inductor if backend == "inductor" else _forward_triton
+    return launch(class_logits, extra_class)
 
 
 @_forward_op.register_fake
@@ -35,10 +50,8 @@ def _backward_op(dout: torch.Tensor, class_logits: torch.Tensor, lse: torch.Tens
                  extra_class: bool, backend: str) -> torch.Tensor:
     if not class_logits.shape[0]:  # nothing to launch or compile
         return reference.gan_logits_backward(dout, class_logits, lse, extra_class)
-    if backend == "inductor":
-        return _inductor.call(reference.gan_logits_backward, dout, class_logits, lse,
-                              extra_class)
-    return triton_module("gan_logits").backward_triton(dout, class_logits, lse, extra_class)
+    launch = _backward_inductor if backend == "inductor" else _backward_triton
+    return launch(dout, class_logits, lse, extra_class)
 
 
 @_backward_op.register_fake

@@ -40,6 +40,31 @@ def _as_ncs(t: torch.Tensor) -> torch.Tensor:
 
 
 
+def _forward_inductor(x, scale, shift, seed, negative_slope, p):
+    x_run = _inductor_layout(x)
+    y = _inductor.call(reference.leaky_relu_dropout_forward, _as_ncs(x_run), scale, shift,
+                       seed, negative_slope, p).view(x.shape)
+    return y if x_run is x else torch.empty_like(x).copy_(y)
+
+
+def _forward_triton(*args):
+    return triton_module("leaky_relu_dropout").forward_triton(*args)
+
+
+def _backward_inductor(dy, x, scale, shift, seed, negative_slope, p, affine_grads):
+    x_run = _inductor_layout(x)
+    dy_run = reference.native_layout(dy, x_run is x and reference.is_channels_last(x))
+    dx, dscale, dshift = _inductor.call(reference.leaky_relu_dropout_backward, _as_ncs(dy_run),
+                                        _as_ncs(x_run), scale, shift, seed, negative_slope, p,
+                                        affine_grads)
+    dx = dx.view(x.shape)
+    return (dx if x_run is x else torch.empty_like(x).copy_(dx)), dscale, dshift
+
+
+def _backward_triton(*args):
+    return triton_module("leaky_relu_dropout").backward_triton(*args)
+
+
 @torch.library.custom_op("ssgan::leaky_relu_dropout_fwd", mutates_args=())
 def _forward_op(x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                 seed: torch.Tensor, negative_slope: float, p: float,
@@ -47,12 +72,8 @@ def _forward_op(x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[
     x = reference.native_layout(x)
     if x.numel() == 0:
         return torch.empty_like(x)
-    if backend == "inductor":
-        x_run = _inductor_layout(x)
-        y = _inductor.call(reference.leaky_relu_dropout_forward, _as_ncs(x_run), scale, shift,
-                           seed, negative_slope, p).view(x.shape)
-        return y if x_run is x else torch.empty_like(x).copy_(y)
-    return _triton_path().forward_triton(x, scale, shift, seed, negative_slope, p)
+    launch = _forward_inductor if backend == "inductor" else _forward_triton
+    return launch(x, scale, shift, seed, negative_slope, p)
 
 
 @_forward_op.register_fake
@@ -66,16 +87,9 @@ def _backward_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor
                  p: float, affine_grads: bool, backend: str
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x = reference.native_layout(x)
-    if backend == "inductor" and x.numel():
-        x_run = _inductor_layout(x)
-        dy_run = reference.native_layout(dy, x_run is x and reference.is_channels_last(x))
-        dx, dscale, dshift = _inductor.call(reference.leaky_relu_dropout_backward,
-                                            _as_ncs(dy_run), _as_ncs(x_run), scale, shift, seed,
-                                            negative_slope, p, affine_grads)
-        dx = dx.view(x.shape)
-        return (dx if x_run is x else torch.empty_like(x).copy_(dx)), dscale, dshift
-    return _triton_path().backward_triton(dy, x, scale, shift, seed, negative_slope, p,
-                                          affine_grads)
+    # an empty x launches nothing on the Triton path, which also makes its empty affine grads
+    launch = _backward_inductor if backend == "inductor" and x.numel() else _backward_triton
+    return launch(dy, x, scale, shift, seed, negative_slope, p, affine_grads)
 
 
 @_backward_op.register_fake
@@ -113,11 +127,6 @@ class LeakyReLUDropoutFunction(torch.autograd.Function):
                 dshift if ctx.needs_input_grad[2] else None, None, None, None, None)
 
     vmap = _transforms.vmap_refusal("leaky_relu_dropout")
-
-
-def _triton_path():
-    """The Triton launchers, imported on the first call that needs them."""
-    return triton_module("leaky_relu_dropout")
 
 
 def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float = 0.0,

@@ -16,18 +16,31 @@ from . import _checks, _inductor, _target_checks, _transforms, reference
 from ._backend import backend_for, call_op, triton_module
 
 
+def _forward_inductor(logits, target, weight):
+    # Inductor specializes its row reduction on the strides: on an H100 a strided view gave a
+    # loss one bit off the contiguous one; a single layout keeps the bits
+    return _inductor.call(reference.masked_cross_entropy_forward, logits.contiguous(), target,
+                          weight)
+
+
+def _forward_triton(logits, target, weight):
+    return triton_module("masked_cross_entropy").forward_triton(logits, target, weight)
+
+
+def _backward_inductor(*args):
+    return _inductor.call(reference.masked_cross_entropy_backward, *args)
+
+
+def _backward_triton(*args):
+    return triton_module("masked_cross_entropy").backward_triton(*args)
+
+
 @torch.library.custom_op("ssgan::masked_cross_entropy_fwd", mutates_args=())
 def _forward_op(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
                 backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     batch, num_classes = logits.shape
-    if backend == "inductor":
-        # Inductor specializes its row reduction on the strides: on an H100 a strided view gave
-        # a loss one bit off the contiguous one; a single layout keeps the bits
-        loss, lse, denom, first_bad = _inductor.call(reference.masked_cross_entropy_forward,
-                                                     logits.contiguous(), target, weight)
-    else:
-        loss, lse, denom, first_bad = triton_module("masked_cross_entropy").forward_triton(
-            logits, target, weight)
+    launch = _forward_inductor if backend == "inductor" else _forward_triton
+    loss, lse, denom, first_bad = launch(logits, target, weight)
     # one scalar read here, or a device flag inside a training loop (see _target_checks)
     _target_checks.report(first_bad < batch, lambda: _checks.raise_bad_target(
         target, int(first_bad.item()), num_classes))
@@ -44,14 +57,11 @@ def _(logits, target, weight, backend):
 def _backward_op(dloss: torch.Tensor, denom: torch.Tensor, logits: torch.Tensor,
                  target: torch.Tensor, weight: torch.Tensor, lse: torch.Tensor,
                  backend: str) -> torch.Tensor:
+    args = (dloss, denom, logits, target, weight, lse)
     if not logits.shape[0]:  # nothing to launch or compile
-        return reference.masked_cross_entropy_backward(dloss, denom, logits, target, weight,
-                                                       lse)
-    if backend == "inductor":
-        return _inductor.call(reference.masked_cross_entropy_backward, dloss, denom, logits,
-                              target, weight, lse)
-    return triton_module("masked_cross_entropy").backward_triton(dloss, denom, logits, target,
-                                                                 weight, lse)
+        return reference.masked_cross_entropy_backward(*args)
+    launch = _backward_inductor if backend == "inductor" else _backward_triton
+    return launch(*args)
 
 
 @_backward_op.register_fake

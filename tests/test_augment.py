@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from ssgan.augment import random_translate
-from ssgan.losses import prediction_entropy
 
 
 def shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -34,12 +33,13 @@ def test_random_translate_shifts_each_image_within_range(shape, max_shift):
         random_translate(images, -1)
 
 
-def test_prediction_entropy():
+def test_the_loss_heads_entropy_leaves_the_fake_column_out():
+    """The entropy term (Bad GAN's) is over the real classes only."""
+    import ssgan.kernels as K
     k = 10
     uniform = torch.randn(5, 1).expand(5, k + 1).clone()
     uniform[:, k] = 100.0  # the fake logit is left out
-    assert prediction_entropy(uniform, k).item() == pytest.approx(torch.log(torch.tensor(k)))
-    confident = torch.randn(7, k) + 60 * torch.nn.functional.one_hot(torch.arange(7), k)
-    assert prediction_entropy(confident, k).item() < 1e-6
-    logits = torch.randn(8, k, dtype=torch.float64, requires_grad=True)
-    torch.autograd.gradcheck(lambda x: prediction_entropy(x, k), (logits,))
+    logits = torch.cat([uniform, torch.randn(3, k + 1)])
+    out = K.gan_loss_head(logits, torch.zeros(5, dtype=torch.long),
+                          torch.zeros(5, dtype=torch.bool), segments=(5, 3), extra_class=True)
+    assert out[3].item() == pytest.approx(torch.log(torch.tensor(float(k))).item(), rel=1e-5)

@@ -152,7 +152,8 @@ def test_eager_calls_skip_the_custom_op_dispatch_and_tracing_keeps_it(backend, d
 
 
 def _opcheck_cases(device, backend):
-    """(op, args) for every custom op, with a permuted, strided input where the op takes any."""
+    """(op, args) for every custom op, with a permuted, strided input where the op takes any.
+    (The batch-norm halves take the segments' end rows, as the public op passes them.)"""
     # the package exports the ops under their modules' names, so fetch the modules themselves
     L, G, M, B, H = (importlib.import_module(f"ssgan.kernels.{name}") for name in
                      ("leaky_relu_dropout", "gan_logits", "masked_cross_entropy",
@@ -174,13 +175,13 @@ def _opcheck_cases(device, backend):
         (M._forward_op, (logits, target, weight, backend)),
         (M._backward_op, (torch.tensor(1.0, device=device), torch.tensor(3.0, device=device),
                           logits, target, weight, lse, backend)),
-        (B._forward_op, (permuted, scale, shift, [1, 2], 1e-3, seed, 0.2, 0.5,
+        (B._forward_op, (permuted, scale, shift, [1, 3], 1e-3, seed, 0.2, 0.5,
                          torch.zeros(2, device=device), torch.ones(2, device=device), 0.1,
                          backend)),
         (B._forward_op, (permuted.contiguous(memory_format=torch.channels_last), scale, shift,
                          [3], 1e-3, seed, 0.2, 0.0, None, None, 0.1, backend)),
         (B._backward_op, (torch.randn_like(permuted), permuted, scale, shift,
-                          torch.rand(2, 2, 2, device=device) + 0.5, [2, 1], seed, 0.2, 0.5,
+                          torch.rand(2, 2, 2, device=device) + 0.5, [2, 3], seed, 0.2, 0.5,
                           backend)),
         (H._forward_op, (logits, target[:2], weight[:2], [2, 2, 2], False, backend)),
         (H._backward_op, (torch.randn(6, device=device), torch.rand(6, device=device) + 1,

@@ -124,14 +124,15 @@ def test_segments_are_the_calls_they_replace_and_only_the_first_moves_the_statis
 
 
 def test_statistics_stay_exact_when_the_mean_dwarfs_the_std(backend, device):
-    """Data of mean 1e4 and std 1 in fp32: a sum-of-squares variance would cancel to noise."""
+    """Data of mean 1e4 and std 1 in fp32: a variance from sums of squares, E[x^2] - E[x]^2,
+    would cancel to noise (fp32 spacing at 1e8 is 8). What fp32 cannot avoid is the mean's
+    own rounding, half a spacing at 1e4 (5e-4), times the scale: the tolerance."""
     x, weight, bias = _inputs((16, 3, 6, 6), torch.float32, device, mean=1e4)
     y = K.batch_norm_leaky_relu_dropout(x, weight, bias, segments=(10, 6), eps=EPS)
     truth = ref.batch_norm_leaky_relu_dropout(x.double(), weight.double(), bias.double(),
                                               segments=(10, 6), eps=EPS)
-    torch.testing.assert_close(y.double(), truth, rtol=1e-4, atol=1e-3)
-    stats = F.batch_norm(x[:10].double(), None, None, training=True, eps=EPS)
-    assert stats.std().item() == pytest.approx(1.0, rel=0.05)
+    atol = 2 * 5e-4 * weight.abs().max().item()
+    torch.testing.assert_close(y.double(), truth, rtol=1e-4, atol=atol)
 
 
 def test_the_mask_is_leaky_relu_dropouts_for_the_same_seed(backend, device):

@@ -47,21 +47,26 @@ def test_generator_rejects_bad_size():
 
 
 @pytest.mark.parametrize("kind", ["cpu", "cuda"])
-def test_a_batch_norm_block_runs_atens_batch_norm_then_the_op_without_affine(monkeypatch, kind):
-    """On every device's decisions: a block without dropout never calls the fused op, one with
-    dropout calls it on the normalized input, with no scale or shift."""
+def test_a_batch_norm_block_runs_the_ops_its_device_decides(monkeypatch, kind):
+    """Where the device fuses its batch norm (the GPU), every block with batch statistics calls
+    the fused batch-norm op, with or without dropout; elsewhere a block without dropout calls
+    no fused op, and one with dropout calls leaky_relu_dropout on the normalized input, with
+    no scale or shift."""
     calls = []
-    real_op = K.leaky_relu_dropout
-
-    def spy(x, **kwargs):
-        calls.append(kwargs)
-        return real_op(x, **kwargs)
-    monkeypatch.setattr(models.K, "leaky_relu_dropout", spy)
+    for name in ("leaky_relu_dropout", "batch_norm_leaky_relu_dropout"):
+        def spy(*args, _name=name, _real=getattr(K, name), **kwargs):
+            calls.append((_name, kwargs.get("p"), "scale" in kwargs))
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(models.K, name, spy)
     x = torch.randn(6, 5, 4, 4) * 2 + 1
-    with devices.decisions_of(kind):
+    with devices.decisions_of(kind) as decided:
         LeakyBlock(5, alpha=0.2)(x)
         LeakyBlock(5, alpha=0.2, p=0.5)(x)
-    assert [(c["p"], "scale" in c) for c in calls] == [(0.5, False)]
+    if decided.fused_batch_norm:
+        assert calls == [("batch_norm_leaky_relu_dropout", 0.0, False),
+                         ("batch_norm_leaky_relu_dropout", 0.5, False)]
+    else:
+        assert calls == [("leaky_relu_dropout", 0.5, False)]
 
 
 def test_block_equals_batchnorm_then_leaky_relu():
@@ -165,20 +170,17 @@ def test_models_on_kernel_path_match_twins(device, monkeypatch):
             torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
 
 
-def test_discriminator_loss_matches_formulas():
-    torch.manual_seed(0)
-    logits = torch.randn(6, 10)
-    gan_real, gan_fake = torch.randn(6), torch.randn(4)
-    labels = torch.tensor([1, -1, 3, -1, 9, 0])
-    mask = labels >= 0
-    out = discriminator_loss(logits, gan_real, gan_fake, labels, mask)
-    ce = -torch.log_softmax(logits, 1)[mask].gather(1, labels[mask][:, None]).mean()
-    real = -torch.log(torch.sigmoid(gan_real)).mean()
-    fake = -torch.log(1 - torch.sigmoid(gan_fake)).mean()
-    torch.testing.assert_close(out["supervised"], ce)
-    torch.testing.assert_close(out["bce_real"], real)
-    torch.testing.assert_close(out["bce_fake"], fake)
-    torch.testing.assert_close(out["d_loss"], ce + real + fake)
+def test_discriminator_loss_weighs_the_heads_terms():
+    head = {name: torch.rand(()) for name in ("supervised", "bce_real", "bce_fake", "entropy")}
+    share = torch.tensor(0.25)
+    out = discriminator_loss(head, unlabeled_weight=0.5, entropy_weight=0.3,
+                             supervised_share=share)
+    torch.testing.assert_close(out["supervised"], head["supervised"] * share)
+    torch.testing.assert_close(out["d_loss"], head["supervised"] * share + 0.5 * (
+        head["bce_real"] + head["bce_fake"]) + 0.3 * head["entropy"])
+    plain = discriminator_loss(head)
+    torch.testing.assert_close(plain["d_loss"], head["supervised"] + head["bce_real"]
+                               + head["bce_fake"])
 
 
 def test_feature_matching_loss_matches_formula():
