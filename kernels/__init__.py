@@ -6,6 +6,7 @@ Public ops (see each docstring): :func:`leaky_relu_dropout`,
 :func:`deferred_target_checks` keeps the target-range check on the device in a training loop.
 """
 from ._backend import BACKENDS, backend_for, requested_backend, set_backend, use_backend
+from ._checks import dropout_seeds
 from ._target_checks import DeferredTargetCheck, deferred_target_checks
 from .batch_norm_leaky_relu_dropout import batch_norm_leaky_relu_dropout
 from .gan_logits import gan_logits
@@ -16,4 +17,4 @@ from . import reference
 
 __all__ = ["BACKENDS", "batch_norm_leaky_relu_dropout", "backend_for", "requested_backend", "set_backend", "use_backend", "leaky_relu_dropout",
            "gan_logits", "gan_loss_head", "masked_cross_entropy", "reference", "deferred_target_checks",
-           "DeferredTargetCheck"]
+           "DeferredTargetCheck", "dropout_seeds"]

@@ -71,6 +71,13 @@ def resolve_seed(seed: int | torch.Tensor | None, device: torch.device) -> torch
     return torch.tensor([seed], dtype=torch.int64, device=device)
 
 
+def dropout_seeds(count: int, device: torch.device | str) -> list[torch.Tensor]:
+    """``count`` dropout seeds drawn in one launch from torch's generator for ``device``, as
+    one-element views (what ``resolve_seed(None, ...)`` draws one at a time)."""
+    return list(torch.randint(0, MAX_SEED, (count,), device=device,
+                              dtype=torch.int64).split(1))
+
+
 _UNUSED_SEEDS: dict[torch.device, torch.Tensor] = {}
 
 

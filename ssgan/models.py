@@ -91,7 +91,8 @@ class LeakyBlock(nn.Module):
         self.alpha, self.p = alpha, p
 
     def forward(self, x: torch.Tensor, segments: tuple[int, ...] | None = None,
-                update_stats: bool = True) -> torch.Tensor:
+                update_stats: bool = True, seed: torch.Tensor | None = None) -> torch.Tensor:
+        """``seed``: the dropout seed (a one-element int64 tensor), else one drawn per call."""
         p = self.p if self.training else 0.0
         if (self.bn is not None and self.bn.batch_statistics and policy(x.device).fused_batch_norm
                 and not distributed.current().active):
@@ -100,12 +101,12 @@ class LeakyBlock(nn.Module):
             return K.batch_norm_leaky_relu_dropout(
                 x, self.bn.weight, self.bn.bias, segments=segments, running_mean=running[0],
                 running_var=running[1], momentum=momentum, eps=self.bn.eps,
-                negative_slope=self.alpha, p=p)
+                negative_slope=self.alpha, p=p, seed=seed)
         if self.bn is not None:
             x = self.bn.normalize(x, segments, update_stats)
         if p == 0:
             return x if self.alpha == 1 else F.leaky_relu(x, self.alpha)
-        return K.leaky_relu_dropout(x, negative_slope=self.alpha, p=p, training=True)
+        return K.leaky_relu_dropout(x, negative_slope=self.alpha, p=p, training=True, seed=seed)
 
 
 class Discriminator(nn.Module):
@@ -180,11 +181,13 @@ class Discriminator(nn.Module):
                  update_stats: bool = True) -> torch.Tensor:
         """The pooled features (B, 2*size_mult) that the heads read and feature matching
         compares; x as in :meth:`forward`."""
-        h = self.input_dropout(x)
-        h = self.act1(self.conv1(h))
+        # one draw of every dropout seed per pass, not one launch per dropout call
+        seeds = K.dropout_seeds(3, x.device) if self.training else [None] * 3
+        h = self.input_dropout(x, seed=seeds[0])
+        h = self.act1(self.conv1(h), seed=seeds[1])
         h = self.act2(self.conv2(h))
-        for layer, act in ((self.conv3, self.act3), (self.conv4, self.act4),
-                           (self.conv5, self.act5)):
+        h = self.act3(self.conv3(h), segments, update_stats, seeds[2])
+        for layer, act in ((self.conv4, self.act4), (self.conv5, self.act5)):
             h = act(layer(h), segments, update_stats)
         h = self.act7(self.conv7(h))
         # at least fp32 (bf16 under autocast): feature matching compares these means

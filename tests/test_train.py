@@ -257,9 +257,9 @@ def test_labeled_batch_terms(tmp_path, terms):
     cfg = tiny_config(tmp_path, labeled_batch_size=5, labeled_batch_terms=terms, epochs=1)
     trainer = T.Trainer(cfg, tiny_dataset())
     seen = []
-    forward = trainer.d.forward
-    trainer.d.forward = lambda x, update_stats=True: seen.append(x.shape[0]) or forward(
-        x, update_stats)
+    classify = trainer.d.classify
+    trainer.d.classify = lambda x, *args, **kwargs: seen.append(x.shape[0]) or classify(
+        x, *args, **kwargs)
     losses = trainer.step(torch.arange(16))
     assert seen == ([21, 16] if terms == "all" else [16, 16, 5])
     labeled = float(losses["labeled"])  # the rows the supervised term saw
