@@ -59,9 +59,10 @@ def _recording_device() -> str:
     return "cpu" if INTERPRET else "cuda"
 
 
-def model_step_launches(recipe: str, batch: int = 128, step_counter=None) -> list[dict]:
-    """Launches of one training step of ``recipe`` at its real shapes, recorded dry, with the
-    decisions the trainer takes on a GPU (``ssgan.devices.POLICIES["cuda"]``)."""
+def model_step_launches(recipe: str, batch: int = 128, precision: str = "fp32") -> list[dict]:
+    """Launches of one training step of ``recipe`` at its real shapes and ``precision``,
+    recorded dry, with the decisions the trainer takes on a GPU
+    (``ssgan.devices.POLICIES["cuda"]``: its bf16 step runs channels-last)."""
     import ssgan.kernels as K
     import ssgan.train as T
     from bench.gpu_compile import record_launches
@@ -70,7 +71,7 @@ def model_step_launches(recipe: str, batch: int = 128, step_counter=None) -> lis
     from ssgan.devices import decisions_of
 
     cfg = T.config_for(recipe, batch_size=batch, device=_recording_device(), kernels="triton",
-                       progress=False, out_dir="/nonexistent")
+                       progress=False, out_dir="/nonexistent", precision=precision)
     if cfg.dataset == "mnist":
         g = torch.Generator().manual_seed(0)
         data = Dataset(Split(torch.randint(0, 256, (4 * batch, 1, 32, 32), dtype=torch.uint8,
@@ -84,7 +85,7 @@ def model_step_launches(recipe: str, batch: int = 128, step_counter=None) -> lis
                 record_launches(dry=True) as launches:
             trainer.step(idx)
     for launch in launches:
-        launch["source"] = f"model:{recipe}"
+        launch["source"] = f"model:{recipe}" + ("" if precision == "fp32" else f":{precision}")
     return launches
 
 
@@ -250,16 +251,20 @@ RECIPES = ("notebook", "improved")
 MAX_LAUNCH_SHARE = 0.7
 
 
+PATHS = ("fused (ssgan)", "fused (ssgan) bf16", "stock PyTorch", "stock PyTorch bf16")
+
+
 def step_traffic(batch: int = 128) -> list[dict]:
-    """Kernel launches and HBM bytes of one training step of each recipe, fused vs stock,
-    each with the decisions a GPU takes (``ssgan.devices.POLICIES["cuda"]``: one D pass, the
-    fused batch norm). The fused step is the trainer's graph-ready step, which a GPU replays
-    from one CUDA graph: its launches are the graph's nodes; the stock step runs PyTorch's
-    default (foreach) Adam."""
+    """Kernel launches and HBM bytes of one training step of each recipe, fused vs stock, in
+    fp32 and in bf16 (stock's: its forward under ``torch.autocast``), each with the decisions a
+    GPU takes (``ssgan.devices.POLICIES["cuda"]``: one D pass, the fused batch norm,
+    channels-last in bf16). The fused step is the trainer's graph-ready step, which a GPU
+    replays from one CUDA graph: its launches are the graph's nodes; the stock step runs
+    PyTorch's default (foreach) Adam."""
     from ssgan.devices import decisions_of
     rows = []
     for recipe in RECIPES:
-        for path in ("fused (ssgan)", "stock PyTorch"):
+        for path in PATHS:
             with decisions_of("cuda"):
                 rows.append(_path_traffic(path, batch, recipe))
     return rows
@@ -273,15 +278,16 @@ def _path_traffic(path: str, batch: int, recipe: str) -> dict:
     from bench.gpu_compile import record_launches
     from bench.train_step import make_trainer
 
-    trainer = make_trainer("ssgan", batch, smoke=False, device=torch.device("cpu"),
-                           recipe=recipe)
+    precision = "bf16" if path.endswith("bf16") else "fp32"
+    trainer = make_trainer("ssgan+bf16" if precision == "bf16" else "ssgan", batch,
+                           smoke=False, device=torch.device("cpu"), recipe=recipe)
     counter = StepCounter()
     if path.startswith("stock"):
         g, d = stock.stock_models(trainer)
         _users_gpu_optimizers(trainer)
-        stock.stock_step(trainer, g, d, trainer.batch_idx)
+        stock.stock_step(trainer, g, d, trainer.batch_idx, precision)
         with counter.mode:
-            stock.stock_step(trainer, g, d, trainer.batch_idx)
+            stock.stock_step(trainer, g, d, trainer.batch_idx, precision)
         launches = []
     else:
         with K.use_backend("triton"), K.deferred_target_checks():
@@ -361,10 +367,10 @@ def markdown(rows: list[dict], step_rows: list[dict]) -> str:
                      f"{r['large_gbps']}, {r['large_bound']} |")
     step = ["", "One training step per recipe (batch 128; the notebook's on SVHN shapes, the "
             "improved one on MNIST's), with a GPU's decisions, counted on the CPU:", "",
-            "| recipe | path | launches (ATen + Triton) | share of stock | HBM MB (model) | "
+            "| recipe | path | launches (ATen + Triton) | share of stock fp32 | HBM MB (model) | "
             "launch floor, us |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     stock_launches = {r["recipe"]: r["launches"] for r in step_rows
-                      if r["path"].startswith("stock")}
+                      if r["path"] == "stock PyTorch"}
     step += [f"| {r['recipe']} | {r['path']} | {r['launches']} ({r['aten_launches']} + "
              f"{r['triton_launches']}) | {r['launches'] / stock_launches[r['recipe']]:.2f} | "
              f"{r['hbm_mb']} | {r['launch_floor_us']} |" for r in step_rows]
@@ -401,8 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _interpreter()
     from bench.gpu_compile import compile_launches
-    launches = (model_step_launches("notebook") + model_step_launches("improved")
-                + bench_kernel_launches())
+    launches = [launch for recipe in RECIPES for precision in ("fp32", "bf16")
+                for launch in model_step_launches(recipe, precision=precision)]
+    launches += bench_kernel_launches()
     results = [annotate(r) for r in compile_launches(launches, jobs=args.jobs)]
     errors = [r for r in results if "error" in r]
     for r in errors:

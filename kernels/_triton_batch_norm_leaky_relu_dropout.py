@@ -68,20 +68,20 @@ def _statistics_kernel(x_ptr, stats_ptr, rmean_ptr, rvar_ptr, B1, B2, B3, N, C, 
         count = (end - start) * S
         # sums of x - pivot (the segment's first value per channel): with |mean| >> std the
         # differences are small and exact, where plain sums of x would round at |x|'s scale
-        first, _, _ = _reduction_tile(tl.zeros((1, 1), tl.int32), start, count, c, C, S,
-                                      CHANNELS_LAST)
+        first = _reduction_tile(tl.zeros((1, 1), tl.int32), start, count, c, C, S,
+                                CHANNELS_LAST)[0]
         pivot = tl.load(x_ptr + first, mask=c < C, other=0.0).to(dtype)
         total = tl.zeros((BLOCK_R, BLOCK_C), dtype)
         for j0 in range(0, count, BLOCK_R):
-            offs, _, inside = _reduction_tile(j0 + tl.arange(0, BLOCK_R)[:, None], start, count,
-                                              c, C, S, CHANNELS_LAST)
+            offs, logical, inside = _reduction_tile(j0 + tl.arange(0, BLOCK_R)[:, None], start,
+                                                    count, c, C, S, CHANNELS_LAST)
             total += tl.where(inside, tl.load(x_ptr + offs, mask=inside, other=0.0).to(dtype)
                               - pivot, 0.0)
         mean = tl.sum(pivot, axis=0) + tl.sum(total, axis=0) / count
         centred = tl.zeros((BLOCK_R, BLOCK_C), dtype)
         for j0 in range(0, count, BLOCK_R):
-            offs, _, inside = _reduction_tile(j0 + tl.arange(0, BLOCK_R)[:, None], start, count,
-                                              c, C, S, CHANNELS_LAST)
+            offs, logical, inside = _reduction_tile(j0 + tl.arange(0, BLOCK_R)[:, None], start,
+                                                    count, c, C, S, CHANNELS_LAST)
             d = tl.where(inside, tl.load(x_ptr + offs, mask=inside, other=0.0).to(dtype)
                          - mean[None, :], 0.0)
             centred += d * d
@@ -116,11 +116,14 @@ def _normalized(x, seg, c, C, inside, stats_ptr, w_ptr, b_ptr, NUM_SEGMENTS: tl.
 
 
 @triton.jit
-def _row_of_tile(pid_a, offs, C, S, num_s_blocks, CHANNELS_LAST: tl.constexpr):
-    """The batch row of each tile element (one per program when channels-first)."""
+def _segment_of_tile(pid_a, offs, C, S, num_s_blocks, B1, B2, B3, CHANNELS_LAST: tl.constexpr):
+    """The segment of each tile element's row: one scalar per program when channels-first
+    (a program holds one batch row), one per element when channels-last."""
     if CHANNELS_LAST:
-        return offs // (C * S)
-    return pid_a // num_s_blocks
+        row = offs // (C * S)
+    else:
+        row = pid_a // num_s_blocks
+    return _segment(row, B1, B2, B3)
 
 
 @triton.jit
@@ -135,7 +138,7 @@ def _forward_kernel(x_ptr, y_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, B1, B2, B3,
                                         BLOCK_A, BLOCK_B, GROUP)
     x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
-    seg = _segment(_row_of_tile(pid_a, offs, C, S, num_s_blocks, CHANNELS_LAST), B1, B2, B3)
+    seg = _segment_of_tile(pid_a, offs, C, S, num_s_blocks, B1, B2, B3, CHANNELS_LAST)
     z, _, _, _ = _normalized(x, seg, c, C, in_bounds, stats_ptr, w_ptr, b_ptr, NUM_SEGMENTS)
     y = _slope_and_mask(z, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
                         NEGATIVE_SLOPE, P, KEEP_SCALE, HAS_DROPOUT, SHARED_PHILOX,
@@ -197,7 +200,7 @@ def _backward_kernel(dy_ptr, x_ptr, dx_ptr, stats_ptr, sums_ptr, w_ptr, b_ptr, s
     dy = tl.load(dy_ptr + offs, mask=in_bounds, other=0.0)
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
     dy = dy.to(x.dtype)
-    seg = _segment(_row_of_tile(pid_a, offs, C, S, num_s_blocks, CHANNELS_LAST), B1, B2, B3)
+    seg = _segment_of_tile(pid_a, offs, C, S, num_s_blocks, B1, B2, B3, CHANNELS_LAST)
     z, scale, xhat, at = _normalized(x, seg, c, C, in_bounds, stats_ptr, w_ptr, b_ptr,
                                      NUM_SEGMENTS)
     dz = _slope_and_mask(dy, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
