@@ -15,10 +15,11 @@ Variants, all measured in the same run:
   against the fastest of these at the same batch size, named in ``best_stock``;
 - ``stock+channels_last``: the stock model in the channels-last layout the ssgan step uses on
   a CPU, to show how much of a gain is layout rather than fusion (not a baseline);
-- ``ssgan+one-pass`` and ``ssgan+fused-bn``: the ssgan step with one of its device's decisions
-  turned the other way (``DevicePolicy.one_pass_discriminator``: D once over the concatenated
-  segments or once per segment; ``fused_batch_norm``: the fused batch-norm op or ATen's), the
-  measurement behind that decision;
+- ``ssgan+one-pass`` / ``ssgan+multi-pass`` and ``ssgan+fused-bn`` / ``ssgan+aten-bn``: the
+  ssgan step with one of its device's decisions set (``DevicePolicy.one_pass_discriminator``:
+  D once over the concatenated segments or once per segment; ``fused_batch_norm``: the fused
+  batch-norm op or ATen's batch norm and then the activation), the measurements behind those
+  decisions (``ssgan`` is the device's own choice, one of each pair);
 - ``reference``: the trainer on ssgan's eager PyTorch twins (a correctness reference, never a
   baseline);
 - with ``--precision bf16``: ``ssgan+bf16`` (``ssgan train --precision bf16``'s step, and its
@@ -55,19 +56,23 @@ from bench import common, stock
 from ssgan.data import Dataset, Split
 from ssgan.config import config_for
 from ssgan.cuda_graph import WARMUP_STEPS, StepGraph
-from ssgan.devices import decisions_of, policy
+from ssgan.devices import decisions_of
 from ssgan.train import Trainer
 
 SVHN_TRAIN_IMAGES = 73_257
-VARIANTS = ("ssgan", "ssgan+cudagraph", "ssgan+one-pass", "ssgan+fused-bn", "stock", "stock+compile", "stock+reduce-overhead",
+VARIANTS = ("ssgan", "ssgan+cudagraph", "ssgan+one-pass", "ssgan+multi-pass", "ssgan+fused-bn",
+            "ssgan+aten-bn", "stock", "stock+compile", "stock+reduce-overhead",
             "stock+cudagraph", "stock+channels_last", "reference", "ssgan+bf16",
             "ssgan+bf16+cudagraph", "stock+bf16", "stock+bf16+compile",
             "stock+bf16+reduce-overhead", "stock+bf16+cudagraph")
 BASELINES = ("stock", "stock+compile", "stock+reduce-overhead", "stock+cudagraph", "stock+bf16",
              "stock+bf16+compile", "stock+bf16+reduce-overhead", "stock+bf16+cudagraph")
 GPU_ONLY = tuple(v for v in VARIANTS if v.endswith(("+cudagraph", "+reduce-overhead")))
-# the device's decisions (ssgan.devices.DevicePolicy) that a variant turns the other way
-DECISIONS = {"ssgan+one-pass": "one_pass_discriminator", "ssgan+fused-bn": "fused_batch_norm"}
+# the ssgan step with one of the device's decisions (ssgan.devices.DevicePolicy) set
+DECISIONS = {"ssgan+one-pass": {"one_pass_discriminator": True},
+             "ssgan+multi-pass": {"one_pass_discriminator": False},
+             "ssgan+fused-bn": {"fused_batch_norm": True},
+             "ssgan+aten-bn": {"fused_batch_norm": False}}
 # --precision bf16 times the bf16 variants beside fp32's (ssgan's and stock's) in one run
 PRECISION_VARIANTS = {
     "fp32": tuple(v for v in VARIANTS if "+bf16" not in v),
@@ -114,12 +119,9 @@ def make_trainer(variant: str, batch: int, smoke: bool, device: torch.device,
 
 
 def decisions(variant: str, device: torch.device):
-    """The device's own decisions, or with the one ``variant`` turns the other way."""
-    field = DECISIONS.get(variant)
-    if field is None:
-        return contextlib.nullcontext()
-    kind = device.type
-    return decisions_of(kind, **{field: not getattr(policy(kind), field)})
+    """The device's own decisions, or with the one ``variant`` sets."""
+    changes = DECISIONS.get(variant)
+    return contextlib.nullcontext() if changes is None else decisions_of(device.type, **changes)
 
 
 def step_fn(variant: str, batch: int, smoke: bool, device: torch.device,

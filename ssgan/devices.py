@@ -57,7 +57,7 @@ POLICIES: dict[str, DevicePolicy] = {
     "cpu": DevicePolicy(memory_format=torch.channels_last,
                         bf16_memory_format=torch.channels_last, subpixel_deconv=True,
                         lr_dtype=torch.float64, cuda_graph=False,
-                        one_pass_discriminator=False, fused_batch_norm=False),
+                        one_pass_discriminator=False, fused_batch_norm=True),
     # bf16 channels-last on a GPU, on paper: cuDNN's bf16 convolutions prefer it, and the fused
     # dropout's channels-last bf16 kernels meet their instruction budget (the gpu_compile tier)
     "cuda": DevicePolicy(memory_format=torch.contiguous_format,

@@ -1,7 +1,9 @@
 """The notebook's generator and discriminator, built on the fused kernels.
 
-A BatchNorm block runs ATen's batch norm, then the fused leaky-ReLU + dropout kernel where it
-drops out, else ATen's leaky ReLU; the blocks without BatchNorm likewise.
+D takes a batch of segments (real, generated, labeled images) and normalises each with its own
+batch statistics, so one pass over the concatenated batch computes what one pass per segment
+does; which of the two a device runs, and whether its BatchNorm blocks run as one fused op, are
+its policy's choices (``ssgan.devices``).
 """
 from __future__ import annotations
 

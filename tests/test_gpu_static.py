@@ -21,16 +21,19 @@ def test_the_fused_step_launches_at_most_a_share_of_stocks():
 
 
 def test_the_recorded_model_step_takes_the_gpus_branches(monkeypatch):
-    """The GPU runs its feature maps channels-first, D in one pass over its segments and the
-    fused batch norm; under the CPU's decisions the same recording launches channels-last
-    kernels and no batch-norm kernel, which this must see."""
+    """The GPU runs its fp32 feature maps channels-first and D in one pass over its segments;
+    under the CPU's decisions the same recording launches channels-last kernels and a batch
+    norm per segment, which this must see."""
     def kinds():
         launches = gpu_static.model_step_launches("notebook", batch=16)
+        ops = {gpu_static.kernel_kind({"kernel": launch["kernel"]}) for launch in launches}
+        segments = {launch["kwargs"]["NUM_SEGMENTS"][1] for launch in launches
+                    if "NUM_SEGMENTS" in launch["kwargs"]}
         return ({launch["kwargs"].get("CHANNELS_LAST") == ["bool", True] for launch in launches},
-                {gpu_static.kernel_kind({"kernel": launch["kernel"]}) for launch in launches})
-    layouts, ops = kinds()
-    assert layouts == {False} and "batch_norm_leaky_relu_dropout.statistics" in ops
-    assert "gan_loss_head.forward" in ops
+                ops, segments)
+    layouts, ops, segments = kinds()
+    assert layouts == {False} and segments == {1, 2}   # G's batch norms, and D's over 2
+    assert {"batch_norm_leaky_relu_dropout.statistics", "gan_loss_head.forward"} <= ops
     monkeypatch.setitem(devices.POLICIES, "cuda", devices.POLICIES["cpu"])  # a CPU's branches
-    layouts, ops = kinds()
-    assert True in layouts and not any(op.startswith("batch_norm") for op in ops)
+    layouts, ops, segments = kinds()
+    assert True in layouts and segments == {1}
