@@ -34,15 +34,11 @@ def _segment(n, B1, B2, B3):
 
 
 @triton.jit
-def _segment_range(seg: tl.constexpr, B1, B2, B3, N):
-    if seg == 0:
-        return 0, B1
-    elif seg == 1:
-        return B1, B2
-    elif seg == 2:
-        return B2, B3
-    else:
-        return B3, N
+def _segment_range(seg, B1, B2, B3, N):
+    """First and end row of segment ``seg`` (0 to 3)."""
+    start = tl.where(seg == 0, 0, tl.where(seg == 1, B1, tl.where(seg == 2, B2, B3)))
+    end = tl.where(seg == 0, B1, tl.where(seg == 1, B2, tl.where(seg == 2, B3, N)))
+    return start, end
 
 
 @triton.jit
@@ -56,14 +52,20 @@ def _reduction_tile(j, start, count, c, C, S, CHANNELS_LAST: tl.constexpr):
     return offs, logical, (j < count) & (c < C)
 
 
-@triton.jit
+# the segments' count and ends and the batch size change with the recipe and the shard, and
+# only select a segment: specializing on them (divisibility by 16, == 1, or a constexpr
+# segment count) would multiply the binaries for nothing. C and S stay specialized: they form the addresses.
+SEGMENT_ENDS = ["B1", "B2", "B3", "num_segments"]
+
+
+@triton.jit(do_not_specialize=SEGMENT_ENDS + ["N"])
 def _statistics_kernel(x_ptr, stats_ptr, rmean_ptr, rvar_ptr, B1, B2, B3, N, C, S, momentum,
-                       EPS: tl.constexpr, NUM_SEGMENTS: tl.constexpr, TRACK: tl.constexpr,
+                       EPS: tl.constexpr, num_segments, TRACK: tl.constexpr,
                        CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr,
                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
     dtype = tl.float64 if IS_FP64 else tl.float32
-    for seg in tl.static_range(NUM_SEGMENTS):
+    for seg in range(0, num_segments):
         start, end = _segment_range(seg, B1, B2, B3, N)
         count = (end - start) * S
         # sums of x - pivot (the segment's first value per channel): with |mean| >> std the
@@ -89,26 +91,27 @@ def _statistics_kernel(x_ptr, stats_ptr, rmean_ptr, rvar_ptr, B1, B2, B3, N, C, 
         rstd = 1.0 / tl.sqrt(var + EPS)
         chan = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
         tl.store(stats_ptr + seg * C + chan, mean, mask=chan < C)
-        tl.store(stats_ptr + (NUM_SEGMENTS + seg) * C + chan, rstd, mask=chan < C)
-        if TRACK and seg == 0:
-            # ATen's update: the running variance moves towards the unbiased estimate
-            rmean = tl.load(rmean_ptr + chan, mask=chan < C, other=0.0)
-            rvar = tl.load(rvar_ptr + chan, mask=chan < C, other=0.0)
-            unbiased = var * count / tl.maximum(count - 1, 1)
-            tl.store(rmean_ptr + chan, (rmean + momentum * (mean - rmean)).to(
-                rmean_ptr.dtype.element_ty), mask=chan < C)
-            tl.store(rvar_ptr + chan, (rvar + momentum * (unbiased - rvar)).to(
-                rvar_ptr.dtype.element_ty), mask=chan < C)
+        tl.store(stats_ptr + (num_segments + seg) * C + chan, rstd, mask=chan < C)
+        if TRACK:
+            if seg == 0:
+                # ATen's update: the running variance moves towards the unbiased estimate
+                rmean = tl.load(rmean_ptr + chan, mask=chan < C, other=0.0)
+                rvar = tl.load(rvar_ptr + chan, mask=chan < C, other=0.0)
+                unbiased = var * count / tl.maximum(count - 1, 1)
+                tl.store(rmean_ptr + chan, (rmean + momentum * (mean - rmean)).to(
+                    rmean_ptr.dtype.element_ty), mask=chan < C)
+                tl.store(rvar_ptr + chan, (rvar + momentum * (unbiased - rvar)).to(
+                    rvar_ptr.dtype.element_ty), mask=chan < C)
 
 
 @triton.jit
-def _normalized(x, seg, c, C, inside, stats_ptr, w_ptr, b_ptr, NUM_SEGMENTS: tl.constexpr):
+def _normalized(x, seg, c, C, inside, stats_ptr, w_ptr, b_ptr, num_segments):
     """(x - mean) * (weight * rstd) + bias with segment ``seg``'s statistics: (z, scale, xhat,
     the (segment, channel) offsets), in x's (compute) dtype. Loads only where ``inside``: a
     row past the end has no segment."""
     at = seg * C + c
     mean = tl.load(stats_ptr + at, mask=inside, other=0.0).to(x.dtype)
-    rstd = tl.load(stats_ptr + NUM_SEGMENTS * C + at, mask=inside, other=0.0).to(x.dtype)
+    rstd = tl.load(stats_ptr + num_segments * C + at, mask=inside, other=0.0).to(x.dtype)
     scale = rstd * tl.load(w_ptr + c, mask=c < C, other=0.0).to(x.dtype)
     xhat = (x - mean) * rstd
     z = (x - mean) * scale + tl.load(b_ptr + c, mask=c < C, other=0.0).to(x.dtype)
@@ -126,9 +129,9 @@ def _segment_of_tile(pid_a, offs, C, S, num_s_blocks, B1, B2, B3, CHANNELS_LAST:
     return _segment(row, B1, B2, B3)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_ENDS)
 def _forward_kernel(x_ptr, y_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, B1, B2, B3, R, C, S,
-                    num_s_blocks, num_b, NUM_SEGMENTS: tl.constexpr,
+                    num_s_blocks, num_b, num_segments,
                     NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
                     HAS_DROPOUT: tl.constexpr, SHARED_PHILOX: tl.constexpr,
                     CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_A: tl.constexpr,
@@ -139,16 +142,16 @@ def _forward_kernel(x_ptr, y_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, B1, B2, B3,
     x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
     seg = _segment_of_tile(pid_a, offs, C, S, num_s_blocks, B1, B2, B3, CHANNELS_LAST)
-    z, _, _, _ = _normalized(x, seg, c, C, in_bounds, stats_ptr, w_ptr, b_ptr, NUM_SEGMENTS)
+    z, _, _, _ = _normalized(x, seg, c, C, in_bounds, stats_ptr, w_ptr, b_ptr, num_segments)
     y = _slope_and_mask(z, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
                         NEGATIVE_SLOPE, P, KEEP_SCALE, HAS_DROPOUT, SHARED_PHILOX,
                         CHANNELS_LAST, BLOCK_A, BLOCK_B)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=in_bounds)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_ENDS + ["N"])
 def _reduction_kernel(dy_ptr, x_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, sums_ptr, dw_ptr,
-                      db_ptr, B1, B2, B3, N, C, S, NUM_SEGMENTS: tl.constexpr,
+                      db_ptr, B1, B2, B3, N, C, S, num_segments,
                       NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
                       HAS_DROPOUT: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                       IS_FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -157,7 +160,7 @@ def _reduction_kernel(dy_ptr, x_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, sums_ptr
     dtype = tl.float64 if IS_FP64 else tl.float32
     dweight = tl.zeros((BLOCK_C,), dtype)
     dbias = tl.zeros((BLOCK_C,), dtype)
-    for seg in tl.static_range(NUM_SEGMENTS):
+    for seg in range(0, num_segments):
         start, end = _segment_range(seg, B1, B2, B3, N)
         count = (end - start) * S
         sum_dz = tl.zeros((BLOCK_R, BLOCK_C), dtype)
@@ -168,7 +171,7 @@ def _reduction_kernel(dy_ptr, x_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, sums_ptr
             x = tl.load(x_ptr + offs, mask=inside, other=0.0).to(dtype)
             dy = tl.load(dy_ptr + offs, mask=inside, other=0.0).to(dtype)
             z, _, xhat, _ = _normalized(x, seg, c, C, inside, stats_ptr, w_ptr, b_ptr,
-                                        NUM_SEGMENTS)
+                                        num_segments)
             # one Philox word per element (logical index i: word i % 4 at counter i // 4)
             dz = _slope_and_mask(dy, z, seed_ptr, logical, 0, 0, C, S, 1, NEGATIVE_SLOPE, P,
                                  KEEP_SCALE, HAS_DROPOUT, False, CHANNELS_LAST, BLOCK_R, BLOCK_C)
@@ -179,16 +182,16 @@ def _reduction_kernel(dy_ptr, x_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, sums_ptr
         seg_dz_xhat = tl.sum(sum_dz_xhat, axis=0)
         # the backward's per-segment means, which the elementwise pass subtracts
         tl.store(sums_ptr + seg * C + chan, seg_dz / count, mask=chan < C)
-        tl.store(sums_ptr + (NUM_SEGMENTS + seg) * C + chan, seg_dz_xhat / count, mask=chan < C)
+        tl.store(sums_ptr + (num_segments + seg) * C + chan, seg_dz_xhat / count, mask=chan < C)
         dweight += seg_dz_xhat
         dbias += seg_dz
     tl.store(dw_ptr + chan, dweight.to(dw_ptr.dtype.element_ty), mask=chan < C)
     tl.store(db_ptr + chan, dbias.to(db_ptr.dtype.element_ty), mask=chan < C)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SEGMENT_ENDS)
 def _backward_kernel(dy_ptr, x_ptr, dx_ptr, stats_ptr, sums_ptr, w_ptr, b_ptr, seed_ptr, B1, B2,
-                     B3, R, C, S, num_s_blocks, num_b, NUM_SEGMENTS: tl.constexpr,
+                     B3, R, C, S, num_s_blocks, num_b, num_segments,
                      NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
                      HAS_DROPOUT: tl.constexpr, SHARED_PHILOX: tl.constexpr,
                      CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_A: tl.constexpr,
@@ -202,12 +205,12 @@ def _backward_kernel(dy_ptr, x_ptr, dx_ptr, stats_ptr, sums_ptr, w_ptr, b_ptr, s
     dy = dy.to(x.dtype)
     seg = _segment_of_tile(pid_a, offs, C, S, num_s_blocks, B1, B2, B3, CHANNELS_LAST)
     z, scale, xhat, at = _normalized(x, seg, c, C, in_bounds, stats_ptr, w_ptr, b_ptr,
-                                     NUM_SEGMENTS)
+                                     num_segments)
     dz = _slope_and_mask(dy, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
                          NEGATIVE_SLOPE, P, KEEP_SCALE, HAS_DROPOUT, SHARED_PHILOX,
                          CHANNELS_LAST, BLOCK_A, BLOCK_B)
     mean_dz = tl.load(sums_ptr + at, mask=in_bounds, other=0.0).to(x.dtype)
-    mean_dz_xhat = tl.load(sums_ptr + NUM_SEGMENTS * C + at, mask=in_bounds,
+    mean_dz_xhat = tl.load(sums_ptr + num_segments * C + at, mask=in_bounds,
                            other=0.0).to(x.dtype)
     dx = scale * (dz - mean_dz - xhat * mean_dz_xhat)
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=in_bounds)
@@ -238,12 +241,12 @@ def forward_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     _statistics_kernel[_reduction_grid(plan.C)](
         x, stats, running_mean if track else stats, running_var if track else stats,
         *_segment_args(bounds), x.shape[0], plan.C, plan.S, momentum, EPS=eps,
-        NUM_SEGMENTS=segments, TRACK=track, CHANNELS_LAST=plan.channels_last,
+        num_segments=segments, TRACK=track, CHANNELS_LAST=plan.channels_last,
         IS_FP64=x.dtype == torch.float64, BLOCK_R=BLOCK_ROWS, BLOCK_C=BLOCK_CHANNELS)
     y = torch.empty_like(x)
     flags = _fp_flags(x, negative_slope, p)
     _forward_kernel[plan.grid](x, y, stats, weight, bias, seed, *_segment_args(bounds),
-                               *plan.args(), NUM_SEGMENTS=segments, **plan.constexprs(),
+                               *plan.args(), num_segments=segments, **plan.constexprs(),
                                **flags)
     return y, stats
 
@@ -261,10 +264,10 @@ def backward_triton(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     flags = _fp_flags(x, negative_slope, p)
     _reduction_kernel[_reduction_grid(plan.C)](
         dy, x, stats, weight, bias, seed, means, dweight, dbias, *_segment_args(bounds),
-        x.shape[0], plan.C, plan.S, NUM_SEGMENTS=segments, CHANNELS_LAST=plan.channels_last,
+        x.shape[0], plan.C, plan.S, num_segments=segments, CHANNELS_LAST=plan.channels_last,
         BLOCK_R=BLOCK_ROWS, BLOCK_C=BLOCK_CHANNELS, **flags)
     dx = torch.empty_like(x)
     _backward_kernel[plan.grid](dy, x, dx, stats, means, weight, bias, seed,
-                                *_segment_args(bounds), *plan.args(), NUM_SEGMENTS=segments,
+                                *_segment_args(bounds), *plan.args(), num_segments=segments,
                                 **plan.constexprs(), **flags)
     return dx, dweight, dbias

@@ -46,7 +46,12 @@ def _row_terms(z_ptr, row, col, rows, COLS: tl.constexpr, EXTRA_CLASS: tl.conste
     return z, lse_k, lse_all, gan, is_real_col
 
 
-@triton.jit
+# row counts and segment bounds differ from call to call and index nothing that a
+# divisibility hint would vectorize: specializing on them would only multiply the binaries
+SIZES = ["rows", "REAL", "FAKE", "SUP_START", "SUP_ROWS"]
+
+
+@triton.jit(do_not_specialize=SIZES)
 def _forward_kernel(z_ptr, target_ptr, weight_ptr, out_ptr, bad_ptr, rows, REAL, FAKE,
                     SUP_START, SUP_ROWS, COLS: tl.constexpr, EXTRA_CLASS: tl.constexpr,
                     IS_FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -92,7 +97,7 @@ def _forward_kernel(z_ptr, target_ptr, weight_ptr, out_ptr, bad_ptr, rows, REAL,
     tl.store(bad_ptr, tl.min(first_bad, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES)
 def _backward_kernel(z_ptr, target_ptr, weight_ptr, out_ptr, dout_ptr, dz_ptr, rows, REAL,
                      FAKE, SUP_START, SUP_ROWS, COLS: tl.constexpr, EXTRA_CLASS: tl.constexpr,
                      IS_FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):

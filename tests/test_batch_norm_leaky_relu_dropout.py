@@ -32,10 +32,17 @@ def _away_from_kink(x, weight, bias, segments):
     return z.abs().min() > 1e-3
 
 
+# the Inductor path compiles the twins' per-segment graphs anew for every dtype, layout and set
+# of segments (about 15 s each on 2 cores): it runs the first cases, the kernel path all
+INDUCTOR_CASES = 2
+
+
 @pytest.mark.parametrize("shape,segments", [((6, 3, 2, 2), (2, 4)), ((5, 4, 3), (1, 3, 1)),
                                             ((4, 2, 2, 3), None)])
 @pytest.mark.parametrize("p", [0.0, 0.3])
 def test_gradcheck_fp64(backend, device, shape, segments, p):
+    if backend == "inductor" and segments != (2, 4):
+        pytest.skip("the Inductor path's gradcheck runs on the first case (INDUCTOR_CASES)")
     for _ in range(20):
         x, weight, bias = _inputs(shape, torch.float64, device)
         if _away_from_kink(x, weight, bias, segments or (shape[0],)):
@@ -47,12 +54,16 @@ def test_gradcheck_fp64(backend, device, shape, segments, p):
     assert torch.autograd.gradcheck(fn, args, fast_mode=True)
 
 
+TWIN_CASES = [((6, 33, 2, 2), (4, 1, 1), "channels_last"), ((5, 3, 4, 4), (2, 2, 1), "strided"),
+              ((7, 5, 3, 4), (3, 1, 3), "contiguous"), ((7, 5, 3, 4), (2, 5), "channels_last"),
+              ((9, 37, 5), (4, 5), "contiguous"), ((4, 6, 2, 2), (1, 1, 1, 1), "contiguous")]
+
+
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
-@pytest.mark.parametrize("shape,segments,layout", [
-    ((7, 5, 3, 4), (3, 1, 3), "contiguous"), ((7, 5, 3, 4), (2, 5), "channels_last"),
-    ((6, 33, 2, 2), (4, 1, 1), "channels_last"), ((5, 3, 4, 4), (2, 2, 1), "strided"),
-    ((9, 37, 5), (4, 5), "contiguous"), ((4, 6, 2, 2), (1, 1, 1, 1), "contiguous")])
+@pytest.mark.parametrize("shape,segments,layout", TWIN_CASES)
 def test_matches_the_fp64_twin(backend, device, dtype, shape, segments, layout):
+    if backend == "inductor" and (shape, segments, layout) not in TWIN_CASES[:INDUCTOR_CASES]:
+        pytest.skip("the Inductor path runs the first cases (INDUCTOR_CASES)")
     x64, weight, bias = _inputs(shape, torch.float64, device, layout)
     x = x64.to(dtype)
     running = [torch.zeros(shape[1], device=device), torch.ones(shape[1], device=device)]

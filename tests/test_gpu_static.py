@@ -27,8 +27,8 @@ def test_the_recorded_model_step_takes_the_gpus_branches(monkeypatch):
     def kinds():
         launches = gpu_static.model_step_launches("notebook", batch=16)
         ops = {gpu_static.kernel_kind({"kernel": launch["kernel"]}) for launch in launches}
-        segments = {launch["kwargs"]["NUM_SEGMENTS"][1] for launch in launches
-                    if "NUM_SEGMENTS" in launch["kwargs"]}
+        segments = {launch["kwargs"]["num_segments"][1] for launch in launches
+                    if "num_segments" in launch["kwargs"]}
         return ({launch["kwargs"].get("CHANNELS_LAST") == ["bool", True] for launch in launches},
                 ops, segments)
     layouts, ops, segments = kinds()
