@@ -18,10 +18,16 @@ from . import _checks, _inductor, _transforms, reference
 from ._backend import backend_for, call_op, triton_module
 
 
+def _one_or_more(bounds):
+    """The twins' segments argument: None for one segment, so that the compiled graph serves
+    every batch size (the segment ends would be compile-time constants)."""
+    return None if len(bounds) == 1 else bounds
+
+
 def _forward_inductor(x, weight, bias, bounds, eps, seed, negative_slope, p, running_mean,
                       running_var, momentum):
     y, stats, var = _inductor.call(reference.batch_norm_leaky_relu_dropout_forward, x, weight,
-                                   bias, bounds, eps, seed, negative_slope, p)
+                                   bias, _one_or_more(bounds), eps, seed, negative_slope, p)
     if running_mean is not None:
         reference.update_running_statistics(running_mean, running_var, stats[0, 0], var[0],
                                             bounds[0] * x[0, 0].numel(), momentum)
@@ -32,8 +38,9 @@ def _forward_triton(*args):
     return triton_module("batch_norm_leaky_relu_dropout").forward_triton(*args)
 
 
-def _backward_inductor(*args):
-    return _inductor.call(reference.batch_norm_leaky_relu_dropout_backward, *args)
+def _backward_inductor(dy, x, weight, bias, stats, bounds, seed, negative_slope, p):
+    return _inductor.call(reference.batch_norm_leaky_relu_dropout_backward, dy, x, weight, bias,
+                          stats, _one_or_more(bounds), seed, negative_slope, p)
 
 
 def _backward_triton(*args):

@@ -271,29 +271,41 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
 
 # ---------------------------------------------------------------- batch norm + leaky-ReLU + dropout
 
-def segment_of_rows(bounds: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """int64 (N,): the segment of each row, for segment ends ``bounds`` (the last one is N)."""
-    starts = (0, *bounds[:-1])
-    sizes = torch.tensor([end - start for start, end in zip(starts, bounds)], device=device)
+def _spans(bounds: tuple[int, ...] | None, rows) -> list[tuple]:
+    """(first, end) rows of each segment; ``bounds`` None is one segment of every row (a graph
+    the compiled CPU path then traces once for every batch size)."""
+    return list(zip((0, *bounds[:-1]), bounds)) if bounds else [(0, rows)]
+
+
+def segment_of_rows(bounds: tuple[int, ...] | None, device: torch.device) -> torch.Tensor | None:
+    """int64 (N,): the segment of each row, for segment ends ``bounds`` (the last one is N);
+    None for one segment."""
+    if bounds is None:
+        return None
+    sizes = torch.tensor([end - start for start, end in _spans(bounds, bounds[-1])],
+                         device=device)
     return torch.repeat_interleave(torch.arange(len(bounds), device=device), sizes,
                                    output_size=bounds[-1])
 
 
-def _per_row(v: torch.Tensor, segment: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _per_row(v: torch.Tensor, segment: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     """(S, C) per-(segment, channel) values broadcast against x (N, C, ...)."""
-    return v[segment].view(x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
+    shape = (1, x.shape[1], *([1] * (x.dim() - 2)))
+    if segment is None:
+        return v[0].view(shape)
+    return v[segment].view(x.shape[0], *shape[1:])
 
 
-def batch_norm_statistics(x: torch.Tensor, bounds: tuple[int, ...], eps: float
+def batch_norm_statistics(x: torch.Tensor, bounds: tuple[int, ...] | None, eps: float
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-(segment, channel) batch mean, biased variance and 1/sqrt(var + eps), each (S, C)
-    in the compute dtype, for x (N, C, ...) whose segment s is rows [bounds[s-1], bounds[s]).
-    ``var_mean`` centres before squaring, so a mean far from 0 costs no precision."""
+    in the compute dtype, for x (N, C, ...) whose segment s is rows [bounds[s-1], bounds[s])
+    (None: one segment). ``var_mean`` centres before squaring, so a mean far from 0 costs no
+    precision."""
     z = x.to(compute_dtype(x.dtype))
     dims = [0, *range(2, x.dim())]
-    starts = (0, *bounds[:-1])
     var, mean = zip(*(torch.var_mean(z[a:b], dims, correction=0)
-                      for a, b in zip(starts, bounds)))
+                      for a, b in _spans(bounds, x.shape[0])))
     var, mean = torch.stack(var), torch.stack(mean)
     return mean, var, torch.rsqrt(var + eps)
 
@@ -334,13 +346,12 @@ def batch_norm_leaky_relu_dropout_backward(dy: torch.Tensor, x: torch.Tensor,
     dy = dy.to(z.dtype)
     dz = _dropout(torch.where(z > 0, dy, dy * negative_slope), seed, p)
     xhat = (x.to(z.dtype) - _per_row(mean, segment, x)) * _per_row(rstd, segment, x)
-    starts = (0, *bounds[:-1])
     dims = [0, *range(2, x.dim())]
+    spans = _spans(bounds, x.shape[0])
     sums = torch.stack([torch.stack([dz[a:b].sum(dims), (dz[a:b] * xhat[a:b]).sum(dims)])
-                        for a, b in zip(starts, bounds)])           # (S, 2, C)
-    counts = torch.tensor([(b - a) for a, b in zip(starts, bounds)], dtype=z.dtype,
-                          device=x.device) * (x[0, 0].numel() if x.shape[0] else 1)
-    means = sums / counts[:, None, None]
+                        for a, b in spans])           # (S, 2, C)
+    positions = x[0, 0].numel() if x.shape[0] else 1
+    means = torch.stack([sums[i] / ((b - a) * positions) for i, (a, b) in enumerate(spans)])
     scale = _per_row(rstd * weight.to(z.dtype), segment, x)
     dx = scale * (dz - _per_row(means[:, 0], segment, x)
                   - xhat * _per_row(means[:, 1], segment, x))
