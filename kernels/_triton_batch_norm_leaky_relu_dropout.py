@@ -129,6 +129,25 @@ def _segment_of_tile(pid_a, offs, C, S, num_s_blocks, B1, B2, B3, CHANNELS_LAST:
     return _segment(row, B1, B2, B3)
 
 
+@triton.jit
+def _normalized_tile(x_ptr, stats_ptr, w_ptr, b_ptr, B1, B2, B3, R, C, S, num_s_blocks, num_b,
+                     num_segments, CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr,
+                     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
+    """The elementwise kernels' common start: this program's tile of x (as
+    ``leaky_relu_dropout`` tiles it), loaded in the compute dtype and normalised with its rows'
+    segment statistics. Returns (pid_a, pid_b, offs, logical, in_bounds, x, z, scale, xhat,
+    the (segment, channel) offsets)."""
+    pid_a, pid_b = _program_ids(num_b)
+    offs, logical, c, in_bounds = _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST,
+                                        BLOCK_A, BLOCK_B, GROUP)
+    x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
+    x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
+    seg = _segment_of_tile(pid_a, offs, C, S, num_s_blocks, B1, B2, B3, CHANNELS_LAST)
+    z, scale, xhat, at = _normalized(x, seg, c, C, in_bounds, stats_ptr, w_ptr, b_ptr,
+                                     num_segments)
+    return pid_a, pid_b, offs, logical, in_bounds, x, z, scale, xhat, at
+
+
 @triton.jit(do_not_specialize=SEGMENT_ENDS)
 def _forward_kernel(x_ptr, y_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, B1, B2, B3, R, C, S,
                     num_s_blocks, num_b, num_segments,
@@ -136,13 +155,9 @@ def _forward_kernel(x_ptr, y_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, B1, B2, B3,
                     HAS_DROPOUT: tl.constexpr, SHARED_PHILOX: tl.constexpr,
                     CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_A: tl.constexpr,
                     BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
-    pid_a, pid_b = _program_ids(num_b)
-    offs, logical, c, in_bounds = _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST,
-                                        BLOCK_A, BLOCK_B, GROUP)
-    x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
-    x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
-    seg = _segment_of_tile(pid_a, offs, C, S, num_s_blocks, B1, B2, B3, CHANNELS_LAST)
-    z, _, _, _ = _normalized(x, seg, c, C, in_bounds, stats_ptr, w_ptr, b_ptr, num_segments)
+    pid_a, pid_b, offs, logical, in_bounds, x, z, _, _, _ = _normalized_tile(
+        x_ptr, stats_ptr, w_ptr, b_ptr, B1, B2, B3, R, C, S, num_s_blocks, num_b, num_segments,
+        CHANNELS_LAST, IS_FP64, BLOCK_A, BLOCK_B, GROUP)
     y = _slope_and_mask(z, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
                         NEGATIVE_SLOPE, P, KEEP_SCALE, HAS_DROPOUT, SHARED_PHILOX,
                         CHANNELS_LAST, BLOCK_A, BLOCK_B)
@@ -196,16 +211,10 @@ def _backward_kernel(dy_ptr, x_ptr, dx_ptr, stats_ptr, sums_ptr, w_ptr, b_ptr, s
                      HAS_DROPOUT: tl.constexpr, SHARED_PHILOX: tl.constexpr,
                      CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_A: tl.constexpr,
                      BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
-    pid_a, pid_b = _program_ids(num_b)
-    offs, logical, c, in_bounds = _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST,
-                                        BLOCK_A, BLOCK_B, GROUP)
-    x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
-    dy = tl.load(dy_ptr + offs, mask=in_bounds, other=0.0)
-    x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
-    dy = dy.to(x.dtype)
-    seg = _segment_of_tile(pid_a, offs, C, S, num_s_blocks, B1, B2, B3, CHANNELS_LAST)
-    z, scale, xhat, at = _normalized(x, seg, c, C, in_bounds, stats_ptr, w_ptr, b_ptr,
-                                     num_segments)
+    pid_a, pid_b, offs, logical, in_bounds, x, z, scale, xhat, at = _normalized_tile(
+        x_ptr, stats_ptr, w_ptr, b_ptr, B1, B2, B3, R, C, S, num_s_blocks, num_b, num_segments,
+        CHANNELS_LAST, IS_FP64, BLOCK_A, BLOCK_B, GROUP)
+    dy = tl.load(dy_ptr + offs, mask=in_bounds, other=0.0).to(x.dtype)
     dz = _slope_and_mask(dy, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
                          NEGATIVE_SLOPE, P, KEEP_SCALE, HAS_DROPOUT, SHARED_PHILOX,
                          CHANNELS_LAST, BLOCK_A, BLOCK_B)
