@@ -20,6 +20,9 @@ Runtime (the package):
 - ``CustomOpDef._init_fn``: a custom op's Python body, called directly in eager mode.
 - ``torch._assert_async``: the traced twins' target-range check, with no host read.
 - ``torch._foreach_lerp_``: the weight average's one-launch update.
+- ``torch._foreach_copy_``: a bf16 step's weight casts, one launch for all of a model's.
+- ``torch.nn.utils.stateless._reparametrize_module`` (what ``torch.func.functional_call``
+  runs): a bf16 step's model calls see the bf16 weights in place of the fp32 parameters.
 - ``torch._inductor.runtime.cache_dir_utils.cache_dir``: where Inductor caches, for the
   trainer's first-run message.
 
@@ -82,36 +85,64 @@ def pinned_torch() -> bool:
     return torch.__version__.split("+")[0] == PINNED_TORCH
 
 
-# On another torch a name may be gone or changed: ``unavailable`` then says which, and only
-# the compiled CPU path (``ssgan.kernels._inductor``) turns itself off; the eager twins and
-# the Triton GPU path never need these.
-try:
-    from torch._dynamo.exc import BackendCompilerFailed
-    from torch.fx.experimental.proxy_tensor import make_fx
-    from torch._guards import TracingContext, tracing
-    from torch._inductor import config as inductor_config
-    from torch._inductor.compile_fx import compile_fx_inner
-    from torch._inductor.decomposition import select_decomp_table
-    from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
-    from torch.utils._pytree import tree_leaves
-    # the dispatcher's thread-local key sets outside any op: a custom op's body, reached
-    # through the dispatcher (opcheck, a dispatch mode), runs with the tracing keys excluded
-    _DEFAULT_KEY_SETS = (torch._C._dispatch_tls_local_include_set(),
-                         torch._C._dispatch_tls_local_exclude_set())
-    _ForceDispatchKeyGuard = torch._C._ForceDispatchKeyGuard
-    unavailable: str | None = None
-except (ImportError, AttributeError) as err:
-    unavailable = f"{type(err).__name__}: {err}"
+# the dispatcher's thread-local key sets outside any op: a custom op's body, reached through
+# the dispatcher (opcheck, a dispatch mode), runs with the tracing keys excluded
+_DEFAULT_KEY_SETS = (torch._C._dispatch_tls_local_include_set(),
+                     torch._C._dispatch_tls_local_exclude_set())
+_ForceDispatchKeyGuard = torch._C._ForceDispatchKeyGuard
 
-    class BackendCompilerFailed(Exception):
-        """Stands in for torch's, which this torch lacks; nothing raises it."""
+# The compiler's names below are imported on first use (module ``__getattr__``), not with the
+# package: importing them costs longer than torch itself, which a run on the eager twins or
+# Triton, the CLI's ``--help`` and every worker process would pay for nothing.
+_COMPILER_NAMES = {"BackendCompilerFailed", "make_fx", "TracingContext", "tracing",
+                   "inductor_config", "compile_fx_inner", "select_decomp_table",
+                   "TorchDispatchMode", "_disable_current_modes", "tree_leaves", "unavailable"}
+
+
+def _load_compiler() -> None:
+    """Imports the compiler's names into this module. On another torch a name may be gone or
+    changed: ``unavailable`` then says which, and only the compiled CPU path
+    (``ssgan.kernels._inductor``) turns itself off; the eager twins and the Triton GPU path
+    never need these."""
+    if "unavailable" in globals():
+        return
+    try:
+        from torch._dynamo.exc import BackendCompilerFailed
+        from torch.fx.experimental.proxy_tensor import make_fx
+        from torch._guards import TracingContext, tracing
+        from torch._inductor import config as inductor_config
+        from torch._inductor.compile_fx import compile_fx_inner
+        from torch._inductor.decomposition import select_decomp_table
+        from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+        from torch.utils._pytree import tree_leaves
+        globals().update(BackendCompilerFailed=BackendCompilerFailed, make_fx=make_fx,
+                         TracingContext=TracingContext, tracing=tracing,
+                         inductor_config=inductor_config, compile_fx_inner=compile_fx_inner,
+                         select_decomp_table=select_decomp_table,
+                         TorchDispatchMode=TorchDispatchMode,
+                         _disable_current_modes=_disable_current_modes,
+                         tree_leaves=tree_leaves, unavailable=None)
+    except (ImportError, AttributeError) as err:
+        class BackendCompilerFailed(Exception):  # noqa: F811
+            """Stands in for torch's, which this torch lacks; nothing raises it."""
+        globals().update(BackendCompilerFailed=BackendCompilerFailed,
+                         unavailable=f"{type(err).__name__}: {err}")
+
+
+def __getattr__(name: str):
+    if name in _COMPILER_NAMES:
+        _load_compiler()
+        if name in globals():
+            return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["BackendCompilerFailed", "TorchDispatchMode", "assert_async", "clean_dispatch_state",
            "compile_for_gpu", "compile_graph", "custom_op_body", "dynamo_reset",
-           "foreach_lerp_", "gpu_backend", "guards_hold", "inductor_cache_dir",
+           "foreach_copy_", "foreach_lerp_", "gpu_backend", "guards_hold", "inductor_cache_dir",
            "inductor_config", "inductor_counters", "launch_specialization", "make_fx",
-           "no_buffer_donation", "replaced_launches", "select_decomp_table", "tree_leaves",
-           "vector_isa_widths"]
+           "no_buffer_donation", "replaced_launches", "select_decomp_table",
+           "tensors_swapped_in", "tree_leaves", "vector_isa_widths"]
 
 
 
@@ -120,18 +151,33 @@ def _lerp_each_(targets: list, ends: list, weight: float) -> None:
         target.lerp_(end, weight)
 
 
+def _copy_each_(targets: list, sources: list) -> None:
+    for target, source in zip(targets, sources):
+        target.copy_(source)
+
+
 def _no_async_assert(condition: torch.Tensor, message: str) -> None:
     """Where this torch has no device-side assert, the traced check is skipped."""
 
 
 assert_async = getattr(torch, "_assert_async", _no_async_assert)
 foreach_lerp_ = getattr(torch, "_foreach_lerp_", _lerp_each_)  # one launch for all tensors
+foreach_copy_ = getattr(torch, "_foreach_copy_", _copy_each_)  # one launch for all tensors
+
+
+def tensors_swapped_in(module: torch.nn.Module, tensors: dict[str, torch.Tensor]
+                       ) -> contextlib.AbstractContextManager:
+    """Within the block, ``module``'s parameters named in ``tensors`` (qualified names) are
+    those tensors, as ``torch.func.functional_call`` sees them, for any method of it."""
+    from torch.nn.utils.stateless import _reparametrize_module
+    return _reparametrize_module(module, tensors)
 
 
 @contextlib.contextmanager
 def clean_dispatch_state() -> Iterator[None]:
     """Tracing sees neither the dispatch state of the op being run nor a dispatch mode the
     op runs under (opcheck's, a profiler's), and no autograd."""
+    _load_compiler()
     with _ForceDispatchKeyGuard(*_DEFAULT_KEY_SETS), _disable_current_modes(), \
             torch.no_grad():
         yield
@@ -142,6 +188,7 @@ def compile_graph(graph: torch.fx.GraphModule, placeholders: list, fake_mode) ->
     list of tensors. Every loop nest gets an OpenMP region whatever the sizes at tracing
     (otherwise a graph traced on a few rows, and cached on disk, would run any size on one
     thread)."""
+    _load_compiler()
     with tracing(TracingContext(fake_mode)), inductor_config.patch(
             {"cpp.dynamic_threads": True}):
         compiled = compile_fx_inner(graph, placeholders)
@@ -172,11 +219,13 @@ def inductor_cache_dir() -> str:
 def no_buffer_donation():
     """A context in which AOTAutograd does not donate buffers, which a graph differentiated
     twice (``retain_graph=True``) needs; it applies to what compiles inside it."""
+    import torch._functorch.config
     return torch._functorch.config.patch(donated_buffer=False)
 
 
 def dynamo_reset() -> None:
     """Forgets everything ``torch.compile`` compiled in this process."""
+    import torch._dynamo
     torch._dynamo.reset()
 
 

@@ -72,9 +72,12 @@ class Dataset:
                        self.num_classes, self.class_names)
 
 
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32 in [-1, 1], on the images' device."""
-    return images.float().div_(127.5).sub_(1.0)
+def to_unit_range(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> ``dtype`` in [-1, 1] (u / 127.5 - 1), on the images' device and
+    in their layout. One launch: the 0-dim operands set the result's dtype (type promotion)
+    and the arithmetic runs in fp32 at least."""
+    return torch.addcdiv(torch.tensor(-1.0, dtype=dtype), images,
+                         torch.tensor(127.5, dtype=dtype))  # both exact in bf16
 
 
 # ---------------------------------------------------------------- SVHN

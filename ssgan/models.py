@@ -17,6 +17,7 @@ from torch import nn
 import ssgan.kernels as K
 from ssgan import distributed
 from ssgan.devices import policy
+from ssgan.precision import spatial_mean
 from ssgan.subpixel import deconv
 
 if TYPE_CHECKING:
@@ -145,6 +146,8 @@ class Discriminator(nn.Module):
         self.conv7 = nn.Conv2d(2 * m, 2 * m, 3, stride=1, padding=0)
         self.act7 = LeakyBlock(None, alpha)
         self.classifier = nn.Linear(2 * m, num_classes + int(extra_class))
+        # layers that --precision bf16 leaves in fp32 (ssgan.precision.mixed_precision)
+        self.fp32_layers = ("classifier",)
 
     def set_eval_bn(self, mode: str) -> None:
         """``running`` or ``recalibrated`` (running statistics of real training data; the
@@ -193,14 +196,16 @@ class Discriminator(nn.Module):
             h = act(layer(h), segments, update_stats)
         h = self.act7(self.conv7(h))
         # at least fp32 (bf16 under autocast): feature matching compares these means
-        return h.to(K.reference.compute_dtype(h.dtype)).mean(dim=(2, 3))
+        return spatial_mean(h, K.reference.compute_dtype(h.dtype))
 
     def classify(self, x: torch.Tensor, segments: tuple[int, ...] | None = None,
                  update_stats: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(class_logits, features) of :meth:`forward`, without the GAN logits (the training
-        step's loss head computes them)."""
+        step's loss head computes them). The classifier runs in the features' precision, at
+        least fp32, under autocast too: it is part of the loss head (``fp32_layers``)."""
         features = self.features(x, segments, update_stats)
-        return self.classifier(features), features
+        with torch.autocast(x.device.type, enabled=False):
+            return self.classifier(features), features
 
     def forward(self, x: torch.Tensor, segments: tuple[int, ...] | None = None,
                 update_stats: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

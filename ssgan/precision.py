@@ -2,7 +2,9 @@
 accelerate's ``mixed_precision="bf16"`` mean it.
 
 bf16: the forward runs under ``torch.autocast`` in bfloat16, so convolutions and linear layers
-compute in bf16; master weights, the gradients handed to Adam and Adam's state stay fp32 (the
+compute in bf16, on bf16 copies of their weights made for the step in one launch per model
+(autocast would cast each weight in a launch of its own, and each gradient back in another);
+master weights, the gradients handed to Adam and Adam's state stay fp32 (the
 parameters never change dtype); BatchNorm's statistics are accumulated in fp32 and its running
 statistics are fp32 buffers; the fused ops compute in fp32 and store bf16 activations; the GAN
 head, the losses and the feature-matching means are fp32. bf16 needs no loss scaling. bf16 is
@@ -14,6 +16,9 @@ import contextlib
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from ssgan.kernels._private_api import foreach_copy_, tensors_swapped_in
 
 PRECISIONS = ("fp32", "bf16")
 # the CPU features that run bf16 natively (/proc/cpuinfo's names): AVX512-BF16 or AMX (x86),
@@ -58,9 +63,90 @@ def check_precision(precision: str, device: torch.device) -> None:
                          "slower than fp32: use --precision fp32")
 
 
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype a step's inputs (images, noise) are made in at ``precision``: what its first
+    layers compute in, so autocast has nothing to cast."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The context a training step's forward runs in: bf16 autocast for ``bf16``, nothing for
     ``fp32``."""
     if precision == "bf16":
         return torch.autocast(device.type, torch.bfloat16)
     return contextlib.nullcontext()
+
+
+class _SpatialMean(torch.autograd.Function):
+    """x.mean((2, 3)) in ``dtype``, whose backward writes x's dtype in one launch (ATen's
+    ``mean(dtype=)`` divides in ``dtype``, then casts in a second launch)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        ctx.x_meta = x.new_empty(0), x.shape, x.stride()
+        return x.mean(dim=(2, 3), dtype=dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        like, shape, stride = ctx.x_meta
+        spread = grad[:, :, None, None].expand(shape)
+        if grad.requires_grad:  # a double backward: the differentiable formula
+            return (spread / (shape[2] * shape[3])).to(like.dtype), None
+        out = torch.empty_strided(shape, stride, dtype=like.dtype, device=like.device)
+        return torch.div(spread, shape[2] * shape[3], out=out), None
+
+
+def spatial_mean(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The mean over the spatial dims of x (B, C, H, W) as ``dtype`` (B, C), accumulated in it;
+    its gradient comes back in x's dtype and layout."""
+    return _SpatialMean.apply(x, dtype)
+
+
+# the layers whose weights autocast runs in bf16, and so the ones a bf16 step copies, unless
+# their model lists them in ``fp32_layers`` (a layer it runs outside autocast)
+BF16_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+class _CastAll(torch.autograd.Function):
+    """Casts tensors to one dtype in one foreach copy, and their gradients back to the
+    tensors' own dtypes (and layouts) in one more."""
+
+    @staticmethod
+    def forward(ctx, dtype: torch.dtype, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.set_materialize_grads(False)  # a missing gradient stays missing: no zeros launched
+        ctx.save_for_backward(*tensors)
+        casts = [torch.empty_like(t, dtype=dtype) for t in tensors]
+        foreach_copy_(casts, list(tensors))
+        return tuple(casts)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        masters = ctx.saved_tensors
+        present = [i for i, grad in enumerate(grads) if grad is not None]
+        out: list[torch.Tensor | None] = [None] * len(grads)
+        for i in present:
+            out[i] = torch.empty_like(masters[i])
+        foreach_copy_([out[i] for i in present], [grads[i] for i in present])
+        return (None, *out)
+
+
+@contextlib.contextmanager
+def mixed_precision(precision: str, device: torch.device, *models: nn.Module):
+    """The context a training step's forward runs in. ``fp32``: nothing. ``bf16``: autocast,
+    and within it every convolution and linear layer of ``models`` (but a model's
+    ``fp32_layers``) computes with a bf16 copy of its fp32 weights, cast for the block in one
+    differentiable launch per model (one for all would put every model on the path of each
+    one's gradients); gradients reach the fp32 parameters in fp32, one launch per model."""
+    if precision != "bf16":
+        yield
+        return
+    with torch.autocast(device.type, torch.bfloat16), contextlib.ExitStack() as swaps:
+        for model in models:
+            named = {f"{prefix}.{name}" if prefix else name: param
+                     for prefix, layer in model.named_modules()
+                     if isinstance(layer, BF16_LAYERS)
+                     and prefix not in getattr(model, "fp32_layers", ())
+                     for name, param in layer.named_parameters(recurse=False)}
+            casts = _CastAll.apply(torch.bfloat16, *named.values())
+            swaps.enter_context(tensors_swapped_in(model, dict(zip(named, casts))))
+        yield

@@ -35,7 +35,7 @@ from ssgan.devices import policy, resolve_device
 from ssgan.evaluation import accuracy, eval_batch_size, eval_bn_statistics
 from ssgan.losses import discriminator_loss, feature_matching_loss
 from ssgan.models import Discriminator, build_models
-from ssgan.precision import autocast, check_precision
+from ssgan.precision import check_precision, compute_dtype, mixed_precision
 
 __all__ = ["METRIC_FIELDS", "TrainConfig", "Trainer", "TrainingError", "adam", "config_for",
            "scheduled_lr", "simultaneous_update", "train"]
@@ -139,8 +139,9 @@ class Trainer:
     # keeps its shard, so N ranks see exactly what one process sees.
     def _sample_z(self, n: int) -> torch.Tensor:
         """This rank's shard of ``n`` noise vectors."""
-        return self.group.shard(torch.rand(n, self.cfg.z_dim, device=self.device,
-                                           generator=self.batch_rng) * 2 - 1)
+        z = torch.empty(n, self.cfg.z_dim, device=self.device,
+                        dtype=compute_dtype(self.cfg.precision))
+        return self.group.shard(z.uniform_(-1.0, 1.0, generator=self.batch_rng))
 
     def _labeled_batch(self, n: int) -> torch.Tensor:
         """This rank's shard of ``n`` labeled training indices, drawn with replacement."""
@@ -149,12 +150,12 @@ class Trainer:
         return self.labeled_idx[self.group.shard(pick)]
 
     def _real_images(self, idx: torch.Tensor) -> torch.Tensor:
-        """Training images ``idx`` (this rank's shard), augmented with ``--augment-shift``, as
-        float in [-1, 1], channels-first like every image tensor (see
+        """Training images ``idx`` (this rank's shard), augmented with ``--augment-shift``, in
+        [-1, 1] in the step's compute dtype, channels-first like every image tensor (see
         :class:`ssgan.devices.DevicePolicy`)."""
         images = random_translate(self.data.train.images[idx], self.cfg.augment_shift,
                                   self.batch_rng)
-        return to_unit_range(images)
+        return to_unit_range(images, compute_dtype(self.cfg.precision))
 
     @property
     def group(self) -> distributed.Group:
@@ -185,7 +186,7 @@ class Trainer:
         the configured ``--precision`` (:mod:`ssgan.precision`), the update in fp32."""
         if self.cfg.supervised_only:
             return self._supervised_step(idx)
-        with autocast(self.cfg.precision, self.device):
+        with mixed_precision(self.cfg.precision, self.device, self.d, self.g):
             losses = self._losses(idx)
         simultaneous_update(losses["d_loss"], losses["g_loss"], self.d, self.g, self.opt_d,
                             self.opt_g)
@@ -234,7 +235,7 @@ class Trainer:
         """Baseline: the same D trained on labeled examples only, no GAN terms."""
         idx = self._labeled_batch(min(self.cfg.batch_size, self.labeled_idx.numel()))
         labels = self.train_labels[idx]
-        with autocast(self.cfg.precision, self.device):
+        with mixed_precision(self.cfg.precision, self.device, self.d):
             class_real, _, _ = self.d(self._real_images(idx))
             loss = K.masked_cross_entropy(class_real, labels, labels >= 0)
         share = self.group.labeled_share(labels >= 0)

@@ -1,6 +1,6 @@
 """bench.gpu_static counts a GPU's training step on this CPU, with the GPU's decisions: the
-fused step of each recipe may launch at most MAX_LAUNCH_SHARE of its stock step's kernels (CI
-fails otherwise)."""
+fused step of each recipe may launch at most MAX_LAUNCH_SHARE of its stock step's kernels, and
+its bf16 step at most BF16_EXTRA_LAUNCHES more than its fp32 step (CI fails otherwise)."""
 import pytest
 
 from bench import gpu_static
@@ -18,6 +18,9 @@ def test_the_fused_step_launches_at_most_a_share_of_stocks():
         assert fused["triton_launches"] > 0 and stock["triton_launches"] == 0
         assert fused["launches"] <= gpu_static.MAX_LAUNCH_SHARE * stock["launches"], \
             (recipe, fused, stock)
+        bf16 = rows[recipe, "fused (ssgan) bf16"]
+        assert bf16["launches"] <= fused["launches"] + gpu_static.BF16_EXTRA_LAUNCHES, \
+            (recipe, bf16, fused)
 
 
 def test_the_recorded_model_step_takes_the_gpus_branches(monkeypatch):

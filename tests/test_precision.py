@@ -87,3 +87,66 @@ def test_cpu_flags_are_read_from_proc_cpuinfo(tmp_path, monkeypatch):
     assert precision.missing_bf16_support(torch.device("cpu")) is None
     monkeypatch.setattr(precision, "CPUINFO", tmp_path / "absent")
     assert "native bf16" in precision.missing_bf16_support(torch.device("cpu"))
+
+
+def test_the_bf16_weight_copies_give_autocasts_gradients_in_one_cast_each_way():
+    """mixed_precision casts a model's convolution and linear weights in one launch and their
+    gradients back in one more, where autocast casts each: the same numbers either way (both
+    round each weight to bf16 once and hand fp32 parameters the upcast bf16 gradient). The
+    model's fp32_layers keep fp32 weights."""
+    from ssgan.kernels._private_api import TorchDispatchMode
+    from ssgan.models import Discriminator
+
+    class Casts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    d = Discriminator(3, 10, size_mult=8, drop_rate=0.0).to(memory_format=torch.channels_last)
+    x = torch.randn(6, 3, 32, 32, dtype=torch.bfloat16)  # as the trainer makes its images
+    grads = {}
+    for way in ("autocast", "copies"):
+        d.zero_grad(set_to_none=True)
+        with Casts() as seen:
+            context = (torch.autocast("cpu", torch.bfloat16) if way == "autocast" else
+                       precision.mixed_precision("bf16", torch.device("cpu"), d))
+            with context:
+                logits, features = d.classify(x)
+                if way == "copies":
+                    assert d.conv1.weight.dtype == torch.bfloat16
+                    assert d.classifier.weight.dtype == torch.float32  # an fp32 layer
+            (logits.square().mean() + features.mean()).backward()
+        assert logits.dtype == features.dtype == torch.float32
+        grads[way] = {n: p.grad for n, p in d.named_parameters()}
+        if way == "copies":
+            assert seen.ops.count("_foreach_copy_") == 2 and "_to_copy" not in seen.ops
+    assert all(g.dtype == torch.float32 for g in grads["copies"].values())
+    for name, grad in grads["autocast"].items():
+        torch.testing.assert_close(grads["copies"][name], grad, rtol=1e-5, atol=1e-6,
+                                   msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_spatial_mean_is_fp32_and_its_gradient_keeps_the_inputs_dtype_and_layout(dtype):
+    x = torch.randn(5, 7, 3, 4, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    leaf = x.detach().requires_grad_()
+    out = precision.spatial_mean(leaf, torch.float32)
+    truth_leaf = x.detach().double().requires_grad_()
+    truth = truth_leaf.mean(dim=(2, 3))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), truth)
+    g = torch.randn(5, 7, dtype=torch.float64)
+    out.backward(g.float())
+    truth.backward(g)
+    assert leaf.grad.dtype == dtype
+    assert leaf.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(leaf.grad.double(), truth_leaf.grad,
+                               **({} if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-3)))
+    x64 = torch.randn(3, 4, 2, 5, dtype=torch.float64, requires_grad=True)
+    fn = lambda t: precision.spatial_mean(t, torch.float64)
+    assert torch.autograd.gradcheck(fn, (x64,)) and torch.autograd.gradgradcheck(fn, (x64,))
