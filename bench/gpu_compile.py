@@ -118,26 +118,28 @@ def _tool(name: str) -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
 
 
-def _cubin_facts(cubin: bytes) -> dict:
-    """Registers, local memory (spills), static shared memory and SASS instructions (NOPs
-    excluded) of a single-kernel cubin, read with cuobjdump."""
+def _cubin_facts(cubin: bytes, disassemble: bool = True) -> dict:
+    """Registers, local memory (spills), static shared memory and, with ``disassemble``, SASS
+    instructions (NOPs excluded) of a single-kernel cubin, read with cuobjdump. The
+    disassembly takes most of a compile's time; the resource usage is almost free."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        usage = subprocess.run([_tool("cuobjdump"), "-res-usage", f.name], check=True,
-                               capture_output=True, text=True).stdout
-        sass = subprocess.run([_tool("cuobjdump"), "-sass", f.name], check=True,
+        dump = subprocess.run([_tool("cuobjdump"), "-res-usage",
+                               *(["-sass"] if disassemble else []), f.name], check=True,
                               capture_output=True, text=True).stdout
-    fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
-    opcodes = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass)
-    return {"registers": int(fields.get("REG", 0)), "local_bytes": int(fields.get("LOCAL", 0)),
-            "stack_bytes": int(fields.get("STACK", 0)),
-            "static_shared_bytes": int(fields.get("SHARED", 0)),
-            "sass_instructions": sum(1 for op in opcodes if not op.startswith("NOP"))}
+    fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", dump))
+    facts = {"registers": int(fields.get("REG", 0)), "local_bytes": int(fields.get("LOCAL", 0)),
+             "stack_bytes": int(fields.get("STACK", 0)),
+             "static_shared_bytes": int(fields.get("SHARED", 0))}
+    if disassemble:
+        opcodes = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", dump)
+        facts["sass_instructions"] = sum(1 for op in opcodes if not op.startswith("NOP"))
+    return facts
 
 
-def _compile_one(job: tuple[str, int, dict]) -> dict:
-    name, arch, launch = job
+def _compile_one(job: tuple[str, int, dict, bool]) -> dict:
+    name, arch, launch, disassemble = job
     kernel = _launchable_kernels()[name]
     options, signature, constexprs, attrs = _specialization(kernel, launch,
                                                             private.gpu_backend(arch))
@@ -150,7 +152,7 @@ def _compile_one(job: tuple[str, int, dict]) -> dict:
                                            options.__dict__)
     except Exception as err:  # a compile error is a finding, reported with the launch
         return {**result, "error": f"{type(err).__name__}: {err}"[-2000:]}
-    return {**result, **_cubin_facts(compiled.asm["cubin"]),
+    return {**result, **_cubin_facts(compiled.asm["cubin"], disassemble),
             "num_warps": compiled.metadata.num_warps, "shared_bytes": compiled.metadata.shared}
 
 
@@ -173,20 +175,21 @@ def compile_distinct(launches: list[dict], archs: tuple[int, ...] = ARCHS,
     """Compiles each distinct specialization among ``launches`` once per arch (in this
     process, which must not run the interpreter). Each result carries ``elements`` (the
     largest element count among its launches), ``launches`` (how many it stands for) and
-    ``sources`` (the launches' ``source`` tags). ``structural``: see
-    :func:`specialization_key`."""
+    ``sources`` (the launches' ``source`` tags); ``sass_instructions`` unless every one of its
+    launches says ``"disassemble": False``. ``structural``: see :func:`specialization_key`."""
     groups: dict[str, list[dict]] = {}
     for launch in launches:
         groups.setdefault(specialization_key(launch["kernel"], launch, structural),
                           []).append(launch)
-    work = [(members[0]["kernel"], arch, members[0]) for members in groups.values()
-            for arch in archs]
+    work = [(members[0]["kernel"], arch, members[0],
+             any(m.get("disassemble", True) for m in members))
+            for members in groups.values() for arch in archs]
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         results = list(pool.map(_compile_one, work))
     facts = {id(members[0]): (max(_elements(m) for m in members), len(members),
                               sorted({m.get("source", "") for m in members}))
              for members in groups.values()}
-    for result, (_, _, launch) in zip(results, work):
+    for result, (_, _, launch, _) in zip(results, work):
         result["elements"], result["launches"], result["sources"] = facts[id(launch)]
     return results
 

@@ -1,4 +1,5 @@
 """Shared test helpers: dtype-aware tolerances and fresh random data."""
+import pytest
 import torch
 
 LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
@@ -26,3 +27,15 @@ def randn(*shape, dtype=torch.float32, device="cpu", scale=1.0) -> torch.Tensor:
 def away_from_zero(t: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
     """Pushes values off the leaky-ReLU kink so finite differences do not straddle it."""
     return t + torch.where(t >= 0, margin, -margin).to(t.dtype)
+
+
+def inductor_diagonal(backend: str, case: int, dtype: int, dtypes: int,
+                      cases: int | None = None) -> None:
+    """Skips all but a diagonal of a (case x dtype) grid on the Inductor path, which compiles
+    a graph for every dtype, layout and set of segments it meets (seconds each while
+    Inductor's cache is cold, as in CI): it runs case ``case`` (an index, below ``cases``
+    where given) in the dtype of index ``case % dtypes`` only, so every case and every dtype
+    runs; the kernel path runs the whole grid."""
+    if backend == "inductor" and (case % dtypes != dtype or (cases is not None
+                                                             and case >= cases)):
+        pytest.skip("the Inductor path runs each case in one dtype (helpers.inductor_diagonal)")

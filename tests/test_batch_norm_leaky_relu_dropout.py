@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import ssgan.kernels as K
 from ssgan.kernels import _checks, reference as ref
-from helpers import LOW_PRECISION, assert_close_to_truth, randn
+from helpers import LOW_PRECISION, assert_close_to_truth, inductor_diagonal, randn
 
 EPS = 1e-3
 
@@ -33,8 +33,9 @@ def _away_from_kink(x, weight, bias, segments):
 
 
 # the Inductor path compiles the twins' per-segment graphs anew for every dtype, layout and set
-# of segments (about 15 s each on 2 cores): it runs the first cases, the kernel path all
-INDUCTOR_CASES = 2
+# of segments (about 15 s each on 2 cores): it runs the first cases, each in one dtype, the
+# kernel path all
+INDUCTOR_CASES = 3
 
 
 @pytest.mark.parametrize("shape,segments", [((6, 3, 2, 2), (2, 4)), ((5, 4, 3), (1, 3, 1)),
@@ -62,8 +63,8 @@ TWIN_CASES = [((6, 33, 2, 2), (4, 1, 1), "channels_last"), ((5, 3, 4, 4), (2, 2,
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize("shape,segments,layout", TWIN_CASES)
 def test_matches_the_fp64_twin(backend, device, dtype, shape, segments, layout):
-    if backend == "inductor" and (shape, segments, layout) not in TWIN_CASES[:INDUCTOR_CASES]:
-        pytest.skip("the Inductor path runs the first cases (INDUCTOR_CASES)")
+    inductor_diagonal(backend, TWIN_CASES.index((shape, segments, layout)),
+                      LOW_PRECISION.index(dtype), len(LOW_PRECISION), cases=INDUCTOR_CASES)
     x64, weight, bias = _inputs(shape, torch.float64, device, layout)
     x = x64.to(dtype)
     running = [torch.zeros(shape[1], device=device), torch.ones(shape[1], device=device)]
