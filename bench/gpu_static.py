@@ -142,6 +142,7 @@ def element_bytes(result: dict) -> float:
                    "batch_norm_leaky_relu_dropout.reduction": 2,
                    "batch_norm_leaky_relu_dropout.backward": 3,
                    "gan_loss_head.forward": 1, "gan_loss_head.backward": 2,
+                   "feature_matching.forward": 1, "feature_matching.backward": 1,
                    "gan_logits.forward": 1, "gan_logits.backward": 2,
                    "masked_cross_entropy.forward": 1, "masked_cross_entropy.backward": 2}
     if kernel_kind(result) == "masked_cross_entropy.finish":

@@ -520,3 +520,45 @@ def check_gan_loss_head_args(class_logits, target, mask, segments, extra_class) 
                          f"counts summing to class_logits' {rows} rows, got {segments!r}")
     supervised = segments[2] if len(segments) == 3 else segments[0]
     return _checks.check_targets(class_logits[:supervised], target, mask)
+
+
+# ---------------------------------------------------------------- feature matching
+
+def check_feature_matching_args(real: object, fake: object) -> None:
+    _checks.check_float_tensor("features_real", real, ndim=2)
+    _checks.check_float_tensor("features_fake", fake, ndim=2)
+    if real.shape[1] != fake.shape[1] or real.dtype != fake.dtype:
+        raise ValueError(f"features_real and features_fake must have the same feature count "
+                         f"and dtype, got {tuple(real.shape)} {real.dtype} and "
+                         f"{tuple(fake.shape)} {fake.dtype}")
+    if real.shape[0] == 0 or fake.shape[0] == 0 or real.shape[1] == 0:
+        raise ValueError(f"feature matching needs at least one row and one feature in each "
+                         f"input, got {tuple(real.shape)} and {tuple(fake.shape)}")
+    _checks.check_same_device("features_real", real, features_fake=fake)
+
+
+def feature_matching_forward(real: torch.Tensor, fake: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, diff) in the compute dtype: diff (F,) the mean of real's rows minus the mean of
+    fake's, loss (a 0-dim tensor) the mean of |diff|."""
+    dtype = compute_dtype(real.dtype)
+    diff = real.to(dtype).mean(0) - fake.to(dtype).mean(0)
+    return diff.abs().mean(), diff
+
+
+def feature_matching_backward(dloss: torch.Tensor, diff: torch.Tensor, real: torch.Tensor,
+                              fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d real, d fake) of ``dloss * loss`` in the inputs' dtype: every real row gets
+    dloss * sign(diff) / (F * R), every fake row the negative over Q (sign(0) = 0, as
+    torch.abs's gradient)."""
+    g = dloss.to(diff.dtype) * torch.sign(diff) / diff.shape[0]
+    d_real = torch.empty(real.shape, dtype=real.dtype, device=real.device)
+    d_fake = torch.empty(fake.shape, dtype=fake.dtype, device=fake.device)
+    return (d_real.copy_((g / real.shape[0]).expand(real.shape)),
+            d_fake.copy_((-g / fake.shape[0]).expand(fake.shape)))
+
+
+def feature_matching(features_real: torch.Tensor, features_fake: torch.Tensor) -> torch.Tensor:
+    """The feature-matching loss; see ``ssgan.kernels.feature_matching``."""
+    check_feature_matching_args(features_real, features_fake)
+    return feature_matching_forward(features_real, features_fake)[0]

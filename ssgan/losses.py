@@ -5,6 +5,8 @@ from collections.abc import Callable
 
 import torch
 
+import ssgan.kernels as K
+
 
 def discriminator_loss(head: dict[str, torch.Tensor], unlabeled_weight: float = 1.0,
                        entropy_weight: float = 0.0,
@@ -31,8 +33,10 @@ def feature_matching_loss(features_real: torch.Tensor, features_fake: torch.Tens
                           ) -> torch.Tensor:
     """Generator loss: mean |E[f(real)] - E[f(fake)]| over feature dims (the notebook's L1).
 
-    features_*: float (B, F). ``batch_mean`` takes E over the batch (default ``t.mean(0)``;
-    across ranks, the global batch's mean: :meth:`ssgan.distributed.Group.batch_mean`).
-    Returns a 0-dim tensor."""
-    mean = batch_mean or (lambda t: t.mean(0))
-    return (mean(features_real.float()) - mean(features_fake.float())).abs().mean()
+    features_*: float (B, F). E is the mean over the batch: by default this batch's, in one
+    fused op (:func:`ssgan.kernels.feature_matching`); ``batch_mean``, when given, takes it
+    instead (across ranks, the global batch's: :meth:`ssgan.distributed.Group.batch_mean`).
+    Returns a 0-dim tensor, at least fp32."""
+    if batch_mean is None:
+        return K.feature_matching(features_real, features_fake)
+    return (batch_mean(features_real.float()) - batch_mean(features_fake.float())).abs().mean()

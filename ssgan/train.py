@@ -228,7 +228,8 @@ class Trainer:
                                         extra_class=cfg.extra_class)))
         losses = discriminator_loss(head, cfg.unlabeled_weight, cfg.entropy_weight,
                                     self.group.labeled_share(labeled))
-        losses["g_loss"] = feature_matching_loss(feat_real, feat_fake, self.group.batch_mean)
+        losses["g_loss"] = feature_matching_loss(
+            feat_real, feat_fake, self.group.batch_mean if self.group.active else None)
         return losses
 
     def _supervised_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -72,3 +72,20 @@ def test_fp32_inputs_stay_fp32_inside_autocast(backend, device, op):
     assert out.dtype == x.grad.dtype == torch.float32
     torch.testing.assert_close(out.double(), truth, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(x.grad.double(), grad_truth, rtol=1e-5, atol=1e-5)
+
+
+def test_feature_matching_in_bf16_autocast(backend, device):
+    """The loss is fp32 from bf16 features; their gradients come back in bf16."""
+    real = randn(9, 12, device=device, scale=3).to(torch.bfloat16).requires_grad_()
+    fake = randn(5, 12, device=device, scale=3).to(torch.bfloat16).requires_grad_()
+    assert K.backend_for(real) == backend
+    with torch.autocast(device.type, torch.bfloat16):
+        loss = K.feature_matching(real, fake)
+    loss.backward()
+    truth, grads = _truth_and_grad(ref.feature_matching, [real, fake], torch.ones(()))
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), truth, rtol=1e-5, atol=1e-5)
+    for leaf, grad_truth in zip((real, fake), grads):
+        assert leaf.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(leaf.grad.double(), grad_truth, rtol=ULP,
+                                   atol=ULP * grad_truth.abs().max().item())

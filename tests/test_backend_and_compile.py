@@ -155,9 +155,9 @@ def _opcheck_cases(device, backend):
     """(op, args) for every custom op, with a permuted, strided input where the op takes any.
     (The batch-norm halves take the segments' end rows, as the public op passes them.)"""
     # the package exports the ops under their modules' names, so fetch the modules themselves
-    L, G, M, B, H = (importlib.import_module(f"ssgan.kernels.{name}") for name in
-                     ("leaky_relu_dropout", "gan_logits", "masked_cross_entropy",
-                      "batch_norm_leaky_relu_dropout", "gan_loss_head"))
+    L, G, M, B, H, F = (importlib.import_module(f"ssgan.kernels.{name}") for name in
+                        ("leaky_relu_dropout", "gan_logits", "masked_cross_entropy",
+                         "batch_norm_leaky_relu_dropout", "gan_loss_head", "feature_matching"))
     seed = torch.tensor([5], device=device)
     permuted = torch.randn(3, 4, 2, 5, device=device).permute(0, 2, 1, 3)  # neither layout
     scale, shift = torch.rand(2, device=device) + 0.5, torch.randn(2, device=device)
@@ -186,6 +186,9 @@ def _opcheck_cases(device, backend):
         (H._forward_op, (logits, target[:2], weight[:2], [2, 2, 2], False, backend)),
         (H._backward_op, (torch.randn(6, device=device), torch.rand(6, device=device) + 1,
                           logits, target[:3], weight[:3], [3, 3], True, backend)),
+        (F._forward_op, (logits[:4], logits[4:], backend)),
+        (F._backward_op, (torch.tensor(0.7, device=device), torch.randn(11, device=device),
+                          logits[:4], logits[4:], backend)),
     ]
 
 

@@ -320,12 +320,12 @@ def test_a_killed_worker_stops_the_run_and_a_restart_resumes_it(tmp_path):
     assert (tmp_path / "stopped" / "checkpoints" / "last.pt").is_file()  # the last good one
 
     restarted = kill_a_worker_after_the_first_checkpoint(
-        torchrun(*TINY, "--out-dir", str(tmp_path), "--name", "restarted", restarts=1),
-        tmp_path / "restarted")
+        torchrun(*epochs(TINY, 2), "--out-dir", str(tmp_path), "--name", "restarted",
+                 restarts=1), tmp_path / "restarted")
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert restarted.stdout.count("ssgan: done") == 1
     assert [r["epoch"] for r in read_metrics(tmp_path / "restarted" / "metrics.csv")] == [
-        "1", "2", "3"]
+        "1", "2"]
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="two ranks on NCCL need two GPUs "
