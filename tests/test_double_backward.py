@@ -23,11 +23,14 @@ def _ops(device):
         "gan_logits": (lambda z: K.gan_logits(z, extra_class=True), (logits,)),
         "gan_logits_fixed_fake": (lambda z: K.gan_logits(z), (logits[:, :4].contiguous(),)),
         "masked_cross_entropy": (lambda z: K.masked_cross_entropy(z, target, mask), (logits,)),
+        # the means of real and fake rows 1 apart in every feature: away from |t|'s kink
+        "feature_matching": (K.feature_matching, (logits[:4], logits[4:] + 1.0 + 2 * (
+            logits[:4].mean(0) - logits[4:].mean(0)).clamp(min=0))),
     }
 
 
 @pytest.mark.parametrize("op", ["leaky_relu_dropout", "gan_logits", "gan_logits_fixed_fake",
-                                "masked_cross_entropy"])
+                                "masked_cross_entropy", "feature_matching"])
 def test_gradgradcheck(backend, device, op):
     fn, inputs = _ops(device)[op]
     inputs = tuple(t.clone().requires_grad_() for t in inputs)
