@@ -220,7 +220,7 @@ def test_a_restarted_group_without_a_shared_disk_resumes_on_every_rank(tmp_path)
 
 # ------------------------------------------------------------------ torchrun, the CLI
 TINY = ["--epochs", "3", "--d-size-mult", "4", "--g-size-mult", "4", "--z-dim", "8",
-        "--batch-size", "64", "--eval-every", "1", "--kernels", "torch", "--no-progress",
+        "--batch-size", "128", "--eval-every", "1", "--kernels", "torch", "--no-progress",
         "--labels", "20", "--eval-batch-size", "2000", "--eval-bn", "running"]
 
 
