@@ -115,13 +115,8 @@ def _load_compiler() -> None:
         from torch._inductor.decomposition import select_decomp_table
         from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
         from torch.utils._pytree import tree_leaves
-        globals().update(BackendCompilerFailed=BackendCompilerFailed, make_fx=make_fx,
-                         TracingContext=TracingContext, tracing=tracing,
-                         inductor_config=inductor_config, compile_fx_inner=compile_fx_inner,
-                         select_decomp_table=select_decomp_table,
-                         TorchDispatchMode=TorchDispatchMode,
-                         _disable_current_modes=_disable_current_modes,
-                         tree_leaves=tree_leaves, unavailable=None)
+        unavailable = None
+        globals().update({n: v for n, v in locals().items() if n in _COMPILER_NAMES})
     except (ImportError, AttributeError) as err:
         class BackendCompilerFailed(Exception):  # noqa: F811
             """Stands in for torch's, which this torch lacks; nothing raises it."""

@@ -63,17 +63,16 @@ def check_precision(precision: str, device: torch.device) -> None:
                          "slower than fp32: use --precision fp32")
 
 
-def compute_dtype(precision: str) -> torch.dtype:
-    """The dtype a step's inputs (images, noise) are made in at ``precision``: what its first
-    layers compute in, so autocast has nothing to cast."""
+def step_dtype(precision: str) -> torch.dtype:
+    """The dtype a step's convolutions and linear layers compute in at ``precision``, and so
+    the one its inputs (images, noise) are made in: autocast then has nothing to cast."""
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The context a training step's forward runs in: bf16 autocast for ``bf16``, nothing for
-    ``fp32``."""
+    """Stock autocast at ``precision``: in ``step_dtype`` for ``bf16``, nothing for ``fp32``."""
     if precision == "bf16":
-        return torch.autocast(device.type, torch.bfloat16)
+        return torch.autocast(device.type, step_dtype(precision))
     return contextlib.nullcontext()
 
 
@@ -83,16 +82,16 @@ class _SpatialMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        ctx.x_meta = x.new_empty(0), x.shape, x.stride()
+        ctx.x_dtype, ctx.x_shape, ctx.x_stride = x.dtype, x.shape, x.stride()
         return x.mean(dim=(2, 3), dtype=dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        like, shape, stride = ctx.x_meta
+        shape = ctx.x_shape
         spread = grad[:, :, None, None].expand(shape)
         if grad.requires_grad:  # a double backward: the differentiable formula
-            return (spread / (shape[2] * shape[3])).to(like.dtype), None
-        out = torch.empty_strided(shape, stride, dtype=like.dtype, device=like.device)
+            return (spread / (shape[2] * shape[3])).to(ctx.x_dtype), None
+        out = torch.empty_strided(shape, ctx.x_stride, dtype=ctx.x_dtype, device=grad.device)
         return torch.div(spread, shape[2] * shape[3], out=out), None
 
 
@@ -140,13 +139,13 @@ def mixed_precision(precision: str, device: torch.device, *models: nn.Module):
     if precision != "bf16":
         yield
         return
-    with torch.autocast(device.type, torch.bfloat16), contextlib.ExitStack() as swaps:
+    with autocast(precision, device), contextlib.ExitStack() as swaps:
         for model in models:
             named = {f"{prefix}.{name}" if prefix else name: param
                      for prefix, layer in model.named_modules()
                      if isinstance(layer, BF16_LAYERS)
                      and prefix not in getattr(model, "fp32_layers", ())
                      for name, param in layer.named_parameters(recurse=False)}
-            casts = _CastAll.apply(torch.bfloat16, *named.values())
+            casts = _CastAll.apply(step_dtype(precision), *named.values())
             swaps.enter_context(tensors_swapped_in(model, dict(zip(named, casts))))
         yield

@@ -35,7 +35,7 @@ from ssgan.devices import policy, resolve_device
 from ssgan.evaluation import accuracy, eval_batch_size, eval_bn_statistics
 from ssgan.losses import discriminator_loss, feature_matching_loss
 from ssgan.models import Discriminator, build_models
-from ssgan.precision import check_precision, compute_dtype, mixed_precision
+from ssgan.precision import check_precision, mixed_precision, step_dtype
 
 __all__ = ["METRIC_FIELDS", "TrainConfig", "Trainer", "TrainingError", "adam", "config_for",
            "scheduled_lr", "simultaneous_update", "train"]
@@ -140,7 +140,7 @@ class Trainer:
     def _sample_z(self, n: int) -> torch.Tensor:
         """This rank's shard of ``n`` noise vectors."""
         z = torch.empty(n, self.cfg.z_dim, device=self.device,
-                        dtype=compute_dtype(self.cfg.precision))
+                        dtype=step_dtype(self.cfg.precision))
         return self.group.shard(z.uniform_(-1.0, 1.0, generator=self.batch_rng))
 
     def _labeled_batch(self, n: int) -> torch.Tensor:
@@ -155,7 +155,7 @@ class Trainer:
         :class:`ssgan.devices.DevicePolicy`)."""
         images = random_translate(self.data.train.images[idx], self.cfg.augment_shift,
                                   self.batch_rng)
-        return to_unit_range(images, compute_dtype(self.cfg.precision))
+        return to_unit_range(images, step_dtype(self.cfg.precision))
 
     @property
     def group(self) -> distributed.Group:
