@@ -161,13 +161,15 @@ def specialization_key(name: str, launch: dict, structural: bool = False) -> str
     the same binary; this key (computed for sm_90) tells them apart.
 
     ``structural``: also ignore the values of float constants (slope, p, 1/(1-p)), which only
-    change immediates in the same instruction stream (p == 0 is a separate flag)."""
+    change immediates in the same instruction stream (p == 0 is a separate flag). A launch
+    that says ``"any_alignment": True`` stands for its kernel at every alignment: those that
+    differ only in which arguments are 16-byte aligned (or divisible by 16) share one key."""
     kernel = _launchable_kernels()[name]
     _, signature, constexprs, attrs = _specialization(kernel, launch, private.gpu_backend(90))
     if structural:
         constexprs = {k: "float" if isinstance(v, float) else v for k, v in constexprs.items()}
-    return repr((name, sorted(signature.items()), sorted(constexprs.items()),
-                 sorted(attrs.items())))
+    alignment = "any" if launch.get("any_alignment") else sorted(attrs.items())
+    return repr((name, sorted(signature.items()), sorted(constexprs.items()), alignment))
 
 
 def compile_distinct(launches: list[dict], archs: tuple[int, ...] = ARCHS,
@@ -175,14 +177,15 @@ def compile_distinct(launches: list[dict], archs: tuple[int, ...] = ARCHS,
     """Compiles each distinct specialization among ``launches`` once per arch (in this
     process, which must not run the interpreter). Each result carries ``elements`` (the
     largest element count among its launches), ``launches`` (how many it stands for) and
-    ``sources`` (the launches' ``source`` tags); ``sass_instructions`` unless every one of its
-    launches says ``"disassemble": False``. ``structural``: see :func:`specialization_key`."""
+    ``sources`` (the launches' ``source`` tags); ``sass_instructions`` where one of its
+    launches asks for them: ``"disassemble"`` is True (the default), False, or the archs to
+    disassemble for (``[90]``). ``structural``: see :func:`specialization_key`."""
     groups: dict[str, list[dict]] = {}
     for launch in launches:
         groups.setdefault(specialization_key(launch["kernel"], launch, structural),
                           []).append(launch)
     work = [(members[0]["kernel"], arch, members[0],
-             any(m.get("disassemble", True) for m in members))
+             any(_disassembles(m, arch) for m in members))
             for members in groups.values() for arch in archs]
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         results = list(pool.map(_compile_one, work))
@@ -192,6 +195,11 @@ def compile_distinct(launches: list[dict], archs: tuple[int, ...] = ARCHS,
     for result, (_, _, launch, _) in zip(results, work):
         result["elements"], result["launches"], result["sources"] = facts[id(launch)]
     return results
+
+
+def _disassembles(launch: dict, arch: int) -> bool:
+    wanted = launch.get("disassemble", True)
+    return arch in wanted if isinstance(wanted, list) else bool(wanted)
 
 
 def _elements(launch: dict) -> int:
