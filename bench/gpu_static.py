@@ -253,10 +253,10 @@ def _users_gpu_optimizers(trainer) -> None:
 RECIPES = ("notebook", "improved")
 # CI's bar (tests/test_gpu_static.py): the fused step's launches as a share of stock's
 MAX_LAUNCH_SHARE = 0.7
-# ... and what the bf16 step may launch beyond the fp32 step: each player's weights cast to
-# bf16 and their gradients back (one launch each), and the copies where channels-first
+# ... and what the bf16 step may launch beyond the fp32 step: both players' weights cast to
+# bf16 in one launch and their gradients back in one, and the copies where channels-first
 # images, or G's dense output, meet channels-last layers (3 at most)
-BF16_EXTRA_LAUNCHES = 2 * 2 + 3
+BF16_EXTRA_LAUNCHES = 2 + 3
 
 
 PATHS = ("fused (ssgan)", "fused (ssgan) bf16", "stock PyTorch", "stock PyTorch bf16")

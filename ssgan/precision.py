@@ -2,8 +2,9 @@
 accelerate's ``mixed_precision="bf16"`` mean it.
 
 bf16: the forward runs under ``torch.autocast`` in bfloat16, so convolutions and linear layers
-compute in bf16, on bf16 copies of their weights made for the step in one launch per model
-(autocast would cast each weight in a launch of its own, and each gradient back in another);
+compute in bf16, on bf16 copies of their weights made for the step in one launch for both
+players, whose gradients go back in one launch too (autocast would cast each weight in a launch
+of its own, and each gradient back in another);
 master weights, the gradients handed to Adam and Adam's state stay fp32 (the
 parameters never change dtype); BatchNorm's statistics are accumulated in fp32 and its running
 statistics are fp32 buffers; the fused ops compute in fp32 and store bf16 activations; the GAN
@@ -13,6 +14,8 @@ only fast where it is native, so a device without it is refused.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -106,46 +109,62 @@ def spatial_mean(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 BF16_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
 
-class _CastAll(torch.autograd.Function):
-    """Casts tensors to one dtype in one foreach copy, and their gradients back to the
-    tensors' own dtypes (and layouts) in one more."""
+@dataclasses.dataclass(frozen=True)
+class StepWeights:
+    """The weights one step's forward ran with: ``copies`` maps each fp32 parameter that ran
+    as a bf16 copy to that copy, a leaf of the step's graph (empty in fp32). The step
+    differentiates the leaves, then hands the parameters fp32 gradients."""
+    copies: dict[torch.Tensor, torch.Tensor]
 
-    @staticmethod
-    def forward(ctx, dtype: torch.dtype, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        ctx.set_materialize_grads(False)  # a missing gradient stays missing: no zeros launched
-        ctx.save_for_backward(*tensors)
-        casts = [torch.empty_like(t, dtype=dtype) for t in tensors]
-        foreach_copy_(casts, list(tensors))
-        return tuple(casts)
+    def leaves(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """What to differentiate for ``params``: each one's bf16 copy where it ran as one."""
+        return [self.copies.get(param, param) for param in params]
 
-    @staticmethod
-    def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        masters = ctx.saved_tensors
-        present = [i for i, grad in enumerate(grads) if grad is not None]
-        out: list[torch.Tensor | None] = [None] * len(grads)
-        for i in present:
-            out[i] = torch.empty_like(masters[i])
-        foreach_copy_([out[i] for i in present], [grads[i] for i in present])
-        return (None, *out)
+    def master_grads(self, params: Sequence[torch.Tensor],
+                     grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """``grads`` (of ``leaves(params)``) as the parameters' gradients: each in its
+        parameter's dtype and layout, the bf16 ones cast back in one launch for all."""
+        cast = [i for i, (param, grad) in enumerate(zip(params, grads))
+                if grad is not None and param in self.copies]
+        out = list(grads)
+        if cast:
+            masters = [torch.empty_like(params[i]) for i in cast]
+            foreach_copy_(masters, [grads[i] for i in cast])
+            for i, master in zip(cast, masters):
+                out[i] = master
+        return out
+
+
+def _bf16_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters of ``model``'s convolution and linear layers (but its ``fp32_layers``),
+    by their names in the model."""
+    return {f"{prefix}.{name}" if prefix else name: param
+            for prefix, layer in model.named_modules()
+            if isinstance(layer, BF16_LAYERS) and prefix not in getattr(model, "fp32_layers", ())
+            for name, param in layer.named_parameters(recurse=False)}
 
 
 @contextlib.contextmanager
-def mixed_precision(precision: str, device: torch.device, *models: nn.Module):
-    """The context a training step's forward runs in. ``fp32``: nothing. ``bf16``: autocast,
-    and within it every convolution and linear layer of ``models`` (but a model's
-    ``fp32_layers``) computes with a bf16 copy of its fp32 weights, cast for the block in one
-    differentiable launch per model (one for all would put every model on the path of each
-    one's gradients); gradients reach the fp32 parameters in fp32, one launch per model."""
+def mixed_precision(precision: str, device: torch.device,
+                    *models: nn.Module) -> Iterator[StepWeights]:
+    """The context a training step's forward runs in; it yields the step's
+    :class:`StepWeights`. ``fp32``: nothing. ``bf16``: autocast, and within it every
+    convolution and linear layer of ``models`` (but a model's ``fp32_layers``) computes with a
+    bf16 copy of its fp32 weights, made for the block in one launch for all models. The copies
+    are leaves, so each model's gradients reach only its own copies, which
+    :meth:`StepWeights.master_grads` casts back in one launch for all."""
     if precision != "bf16":
-        yield
+        yield StepWeights({})
         return
+    named = [_bf16_params(model) for model in models]
+    masters = [param for params in named for param in params.values()]
+    with torch.no_grad():
+        copies = [torch.empty_like(param, dtype=step_dtype(precision)) for param in masters]
+        foreach_copy_(copies, masters)
+    weights = StepWeights({master: copy.requires_grad_()
+                           for master, copy in zip(masters, copies)})
     with autocast(precision, device), contextlib.ExitStack() as swaps:
-        for model in models:
-            named = {f"{prefix}.{name}" if prefix else name: param
-                     for prefix, layer in model.named_modules()
-                     if isinstance(layer, BF16_LAYERS)
-                     and prefix not in getattr(model, "fp32_layers", ())
-                     for name, param in layer.named_parameters(recurse=False)}
-            casts = _CastAll.apply(step_dtype(precision), *named.values())
-            swaps.enter_context(tensors_swapped_in(model, dict(zip(named, casts))))
-        yield
+        for model, params in zip(models, named):
+            swaps.enter_context(tensors_swapped_in(
+                model, {name: weights.copies[param] for name, param in params.items()}))
+        yield weights

@@ -35,7 +35,7 @@ from ssgan.devices import policy, resolve_device
 from ssgan.evaluation import accuracy, eval_batch_size, eval_bn_statistics
 from ssgan.losses import discriminator_loss, feature_matching_loss
 from ssgan.models import Discriminator, build_models
-from ssgan.precision import check_precision, mixed_precision, step_dtype
+from ssgan.precision import StepWeights, check_precision, mixed_precision, step_dtype
 
 __all__ = ["METRIC_FIELDS", "TrainConfig", "Trainer", "TrainingError", "adam", "config_for",
            "scheduled_lr", "simultaneous_update", "train"]
@@ -74,18 +74,22 @@ def adam(params, lr: torch.Tensor, beta1: float) -> torch.optim.Adam:
 
 def simultaneous_update(d_loss: torch.Tensor, g_loss: torch.Tensor, d: torch.nn.Module,
                         g: torch.nn.Module, opt_d: torch.optim.Optimizer,
-                        opt_g: torch.optim.Optimizer) -> None:
+                        opt_g: torch.optim.Optimizer,
+                        weights: StepWeights | None = None) -> None:
     """Both players' gradients from one forward pass, then both optimizer steps (the
     notebook's update). ``torch.autograd.grad`` keeps each loss's gradient off the other
     player's parameters (and out of DDP's sight, so the run's group averages them
-    explicitly)."""
+    explicitly). ``weights``: the forward's (:func:`ssgan.precision.mixed_precision`), whose
+    bf16 copies are differentiated in place of their parameters."""
+    weights = weights or StepWeights({})
     d_params, g_params = list(d.parameters()), list(g.parameters())
-    d_grads = torch.autograd.grad(d_loss, d_params, retain_graph=True)
-    g_grads = torch.autograd.grad(g_loss, g_params)
-    distributed.current().average_([*d_grads, *g_grads])
-    for params, grads in ((d_params, d_grads), (g_params, g_grads)):
-        for p, grad in zip(params, grads):
-            p.grad = grad
+    d_grads = torch.autograd.grad(d_loss, weights.leaves(d_params), retain_graph=True)
+    g_grads = torch.autograd.grad(g_loss, weights.leaves(g_params))
+    params = [*d_params, *g_params]
+    grads = weights.master_grads(params, [*d_grads, *g_grads])
+    distributed.current().average_(grads)
+    for p, grad in zip(params, grads):
+        p.grad = grad
     opt_d.step()
     opt_g.step()
 
@@ -186,10 +190,10 @@ class Trainer:
         the configured ``--precision`` (:mod:`ssgan.precision`), the update in fp32."""
         if self.cfg.supervised_only:
             return self._supervised_step(idx)
-        with mixed_precision(self.cfg.precision, self.device, self.d, self.g):
+        with mixed_precision(self.cfg.precision, self.device, self.d, self.g) as weights:
             losses = self._losses(idx)
         simultaneous_update(losses["d_loss"], losses["g_loss"], self.d, self.g, self.opt_d,
-                            self.opt_g)
+                            self.opt_g, weights)
         if self.d_ema is not None:
             self.d_ema.update(self.d)
         return losses
@@ -236,14 +240,18 @@ class Trainer:
         """Baseline: the same D trained on labeled examples only, no GAN terms."""
         idx = self._labeled_batch(min(self.cfg.batch_size, self.labeled_idx.numel()))
         labels = self.train_labels[idx]
-        with mixed_precision(self.cfg.precision, self.device, self.d):
+        with mixed_precision(self.cfg.precision, self.device, self.d) as weights:
             class_real, _, _ = self.d(self._real_images(idx))
             loss = K.masked_cross_entropy(class_real, labels, labels >= 0)
         share = self.group.labeled_share(labels >= 0)
         loss = loss * share if share is not None else loss
-        self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        self.group.average_([p.grad for p in self.d.parameters() if p.grad is not None])
+        params = list(self.d.parameters())
+        # a parameter the loss does not reach keeps no gradient, as with loss.backward()
+        grads = weights.master_grads(params, torch.autograd.grad(
+            loss, weights.leaves(params), allow_unused=True))
+        self.group.average_([grad for grad in grads if grad is not None])
+        for p, grad in zip(params, grads):
+            p.grad = grad
         self.opt_d.step()
         if self.d_ema is not None:
             self.d_ema.update(self.d)

@@ -47,6 +47,20 @@ def test_a_bf16_step_tracks_the_fp32_step_and_keeps_fp32_state(tmp_path, kernels
             torch.testing.assert_close(b, a, rtol=0.05, atol=0.05, msg=name)
 
 
+def test_the_supervised_only_step_in_bf16_tracks_fp32_and_hands_adam_fp32_gradients(tmp_path):
+    losses = {}
+    for prec in ("fp32", "bf16"):
+        trainer = T.Trainer(tiny_config(tmp_path / prec, precision=prec, kernels="torch",
+                                        supervised_only=True), tiny_dataset())
+        torch.manual_seed(0)
+        losses[prec] = [float(trainer.step(torch.arange(16))["supervised"].detach())
+                        for _ in range(STEPS)]
+        for p in trainer.d.parameters():
+            assert p.dtype == p.grad.dtype == trainer.opt_d.state[p]["exp_avg"].dtype \
+                == torch.float32
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05, abs=0.02)
+
+
 def test_the_precision_is_recorded_and_a_checkpoint_resumes_across_precisions(tmp_path,
                                                                                capsys):
     T.Trainer(tiny_config(tmp_path, epochs=1), tiny_dataset()).fit()
@@ -90,12 +104,13 @@ def test_cpu_flags_are_read_from_proc_cpuinfo(tmp_path, monkeypatch):
 
 
 def test_the_bf16_weight_copies_give_autocasts_gradients_in_one_cast_each_way():
-    """mixed_precision casts a model's convolution and linear weights in one launch and their
-    gradients back in one more, where autocast casts each: the same numbers either way (both
-    round each weight to bf16 once and hand fp32 parameters the upcast bf16 gradient). The
-    model's fp32_layers keep fp32 weights."""
+    """mixed_precision casts the convolution and linear weights of every model it is given in
+    one launch, and StepWeights.master_grads their gradients back in one more, where autocast
+    casts each: the same numbers either way (both round each weight to bf16 once and hand
+    fp32 parameters the upcast bf16 gradient). Each model's gradients reach only its own
+    copies, and a model's fp32_layers keep fp32 weights."""
     from ssgan.kernels._private_api import TorchDispatchMode
-    from ssgan.models import Discriminator
+    from ssgan.models import Discriminator, Generator
 
     class Casts(TorchDispatchMode):
         def __init__(self):
@@ -108,24 +123,30 @@ def test_the_bf16_weight_copies_give_autocasts_gradients_in_one_cast_each_way():
 
     torch.manual_seed(0)
     d = Discriminator(3, 10, size_mult=8, drop_rate=0.0).to(memory_format=torch.channels_last)
-    x = torch.randn(6, 3, 32, 32, dtype=torch.bfloat16)  # as the trainer makes its images
+    g = Generator(16, 3, 32, size_mult=4).to(memory_format=torch.channels_last)
+    z = torch.rand(6, 16, dtype=torch.bfloat16) * 2 - 1  # as the trainer makes its noise
     grads = {}
     for way in ("autocast", "copies"):
-        d.zero_grad(set_to_none=True)
         with Casts() as seen:
             context = (torch.autocast("cpu", torch.bfloat16) if way == "autocast" else
-                       precision.mixed_precision("bf16", torch.device("cpu"), d))
-            with context:
-                logits, features = d.classify(x)
+                       precision.mixed_precision("bf16", torch.device("cpu"), d, g))
+            with context as weights:
+                logits, features = d.classify(g(z))
                 if way == "copies":
-                    assert d.conv1.weight.dtype == torch.bfloat16
+                    assert d.conv1.weight.dtype == g.deconv1.weight.dtype == torch.bfloat16
                     assert d.classifier.weight.dtype == torch.float32  # an fp32 layer
-            (logits.square().mean() + features.mean()).backward()
+            loss = logits.square().mean() + features.mean()
+            d_params = list(d.parameters())
+            if way == "autocast":
+                found = torch.autograd.grad(loss, d_params)
+            else:
+                found = weights.master_grads(d_params, torch.autograd.grad(
+                    loss, weights.leaves(d_params)))
         assert logits.dtype == features.dtype == torch.float32
-        grads[way] = {n: p.grad for n, p in d.named_parameters()}
+        grads[way] = dict(zip((n for n, _ in d.named_parameters()), found))
         if way == "copies":
             assert seen.ops.count("_foreach_copy_") == 2 and "_to_copy" not in seen.ops
-    assert all(g.dtype == torch.float32 for g in grads["copies"].values())
+    assert all(grad.dtype == torch.float32 for grad in grads["copies"].values())
     for name, grad in grads["autocast"].items():
         torch.testing.assert_close(grads["copies"][name], grad, rtol=1e-5, atol=1e-6,
                                    msg=name)
