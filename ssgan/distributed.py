@@ -90,10 +90,10 @@ class Group:
         return self.sum_across(t.sum(0)) / (t.shape[0] * self.world)
 
     def labeled_share(self, mask: torch.Tensor) -> torch.Tensor | None:
-        """The factor that turns a mean over this shard's labeled rows (``mask``, bool) into
-        this rank's share of the mean over the global batch's labeled rows: the ranks'
-        averaged means are then that mean, however the labeled rows fall (None on one rank:
-        nothing to rescale)."""
+        """The factor that turns a mean over this shard's labeled rows (``mask``, bool or 0/1
+        float) into this rank's share of the mean over the global batch's labeled rows: the
+        ranks' averaged means are then that mean, however the labeled rows fall (None on one
+        rank: nothing to rescale)."""
         if not self.active:
             return None
         local = mask.sum().float()

@@ -8,22 +8,34 @@ import torch
 import ssgan.kernels as K
 
 
-def discriminator_loss(head: dict[str, torch.Tensor], unlabeled_weight: float = 1.0,
-                       entropy_weight: float = 0.0,
+def head_weights(unlabeled_weight: float = 1.0, entropy_weight: float = 0.0,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """Each term's weight in d_loss, float32 (6,) in the order of the terms of
+    :func:`ssgan.kernels.gan_loss_head` (``reference.HEAD_OUTPUTS``): 1 for the supervised
+    CE, ``unlabeled_weight`` for both BCEs, ``entropy_weight`` for the entropy, 0 for the
+    counts. Made once per run, on ``device``: a CUDA graph replays its reads."""
+    weight = {"supervised": 1.0, "bce_real": unlabeled_weight, "bce_fake": unlabeled_weight,
+              "entropy": entropy_weight}
+    return torch.tensor([weight.get(name, 0.0) for name in K.reference.HEAD_OUTPUTS],
+                        device=device)
+
+
+def discriminator_loss(head: torch.Tensor, weights: torch.Tensor,
                        supervised_share: torch.Tensor | None = None
                        ) -> dict[str, torch.Tensor]:
     """d_loss = [``supervised_share`` *] supervised + ``unlabeled_weight`` * (bce_real +
-    bce_fake) [+ ``entropy_weight`` * entropy], from the terms of
-    :func:`ssgan.kernels.gan_loss_head` (``head``, by name). ``supervised_share`` rescales
-    this batch's CE mean to its share of a larger batch's
-    (:meth:`ssgan.distributed.Group.labeled_share`). Returns ``head`` (0-dim tensors) with
-    ``d_loss`` added and ``supervised`` rescaled."""
-    losses = dict(head)
+    bce_fake) + ``entropy_weight`` * entropy, from ``head``, the (6,) float32 terms of
+    :func:`ssgan.kernels.gan_loss_head`, and ``weights`` (:func:`head_weights`), as one dot
+    product: one launch each way, where summing the terms picked out of ``head`` costs a
+    launch per term and a stack in the backward. ``supervised_share`` rescales this batch's CE
+    mean to its share of a larger batch's (:meth:`ssgan.distributed.Group.labeled_share`).
+    Returns the terms by name (detached: they are reported, not differentiated), the
+    supervised one rescaled, and ``d_loss``."""
+    losses = dict(zip(K.reference.HEAD_OUTPUTS, head.detach()))
+    d_loss = torch.dot(head, weights)
     if supervised_share is not None:
         losses["supervised"] = losses["supervised"] * supervised_share
-    d_loss = losses["supervised"] + unlabeled_weight * (losses["bce_real"] + losses["bce_fake"])
-    if entropy_weight:
-        d_loss = d_loss + entropy_weight * losses["entropy"]
+        d_loss = d_loss + (supervised_share - 1) * head[0]
     losses["d_loss"] = d_loss
     return losses
 

@@ -33,7 +33,7 @@ from ssgan.cuda_graph import StepGraph
 from ssgan.data import Dataset, check_labels, select_labeled, to_unit_range
 from ssgan.devices import policy, resolve_device
 from ssgan.evaluation import accuracy, eval_batch_size, eval_bn_statistics
-from ssgan.losses import discriminator_loss, feature_matching_loss
+from ssgan.losses import discriminator_loss, feature_matching_loss, head_weights
 from ssgan.models import Discriminator, build_models
 from ssgan.precision import StepWeights, check_precision, mixed_precision, step_dtype
 
@@ -114,6 +114,9 @@ class Trainer:
         # labels the model may see: -1 everywhere except the chosen labeled subset
         self.train_labels = torch.full_like(self.data.train.labels, -1)
         self.train_labels[self.labeled_idx] = self.data.train.labels[self.labeled_idx]
+        # each image's weight in the supervised term, the loss head's mask: gathered per step,
+        # not compared and converted (one launch instead of two)
+        self.labeled_weight = (self.train_labels >= 0).float()
         self.g, self.d = build_models(cfg, data, self.device)
         # the ranks' weights start equal; their dropout masks are their own
         distributed.seed_noise(self.group, cfg.seed)
@@ -123,6 +126,7 @@ class Trainer:
         self.batch_idx = torch.zeros(cfg.batch_size // self.group.world, dtype=torch.int64,
                                      device=self.device)
         self.window = torch.zeros(len(WINDOW_KEYS), device=self.device)
+        self.head_weights = head_weights(cfg.unlabeled_weight, cfg.entropy_weight, self.device)
         self.opt_d = adam(self.d.parameters(), self.lr, cfg.beta1)
         self.opt_g = adam(self.g.parameters(), self.lr, cfg.beta1)
         # evaluation uses an exponential moving average of D's weights when --ema-decay > 0;
@@ -225,13 +229,10 @@ class Trainer:
                        for i, image in enumerate(images)]
             class_logits = torch.cat([logits for logits, _ in outputs])
             feat_real, feat_fake = outputs[0][1], outputs[1][1]
-        labels = self.train_labels[sup_idx]
-        labeled = labels >= 0
-        head = dict(zip(K.reference.HEAD_OUTPUTS,
-                        K.gan_loss_head(class_logits, labels, labeled, segments=segments,
-                                        extra_class=cfg.extra_class)))
-        losses = discriminator_loss(head, cfg.unlabeled_weight, cfg.entropy_weight,
-                                    self.group.labeled_share(labeled))
+        labels, labeled = self.train_labels[sup_idx], self.labeled_weight[sup_idx]
+        head = K.gan_loss_head(class_logits, labels, labeled, segments=segments,
+                               extra_class=cfg.extra_class)
+        losses = discriminator_loss(head, self.head_weights, self.group.labeled_share(labeled))
         losses["g_loss"] = feature_matching_loss(
             feat_real, feat_fake, self.group.batch_mean if self.group.active else None)
         return losses

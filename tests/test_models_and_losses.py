@@ -6,7 +6,7 @@ import ssgan.kernels as K
 import ssgan.models as models
 from ssgan import devices
 from conftest import KERNEL_PATH
-from ssgan.losses import discriminator_loss, feature_matching_loss
+from ssgan.losses import discriminator_loss, feature_matching_loss, head_weights
 from ssgan.models import BatchNorm, Discriminator, Generator, LeakyBlock, count_parameters
 
 # The notebook's architecture, counted by hand from its TensorFlow layers (conv/dense weights +
@@ -170,17 +170,24 @@ def test_models_on_kernel_path_match_twins(device, monkeypatch):
             torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
 
 
-def test_discriminator_loss_weighs_the_heads_terms():
-    head = {name: torch.rand(()) for name in ("supervised", "bce_real", "bce_fake", "entropy")}
+def test_discriminator_loss_weighs_the_heads_terms_in_one_launch_each_way():
+    from bench.gpu_static import StepCounter
+
+    head = torch.rand(6, requires_grad=True)  # supervised, bce_real, bce_fake, entropy, counts
+    sup, real, fake, entropy = head.detach()[:4]
     share = torch.tensor(0.25)
-    out = discriminator_loss(head, unlabeled_weight=0.5, entropy_weight=0.3,
-                             supervised_share=share)
-    torch.testing.assert_close(out["supervised"], head["supervised"] * share)
-    torch.testing.assert_close(out["d_loss"], head["supervised"] * share + 0.5 * (
-        head["bce_real"] + head["bce_fake"]) + 0.3 * head["entropy"])
-    plain = discriminator_loss(head)
-    torch.testing.assert_close(plain["d_loss"], head["supervised"] + head["bce_real"]
-                               + head["bce_fake"])
+    out = discriminator_loss(head, head_weights(0.5, 0.3), supervised_share=share)
+    torch.testing.assert_close(out["supervised"], sup * share)
+    torch.testing.assert_close(out["d_loss"], sup * share + 0.5 * (real + fake) + 0.3 * entropy)
+    assert not out["bce_real"].requires_grad  # the reported terms
+    weights, two = head_weights(), torch.tensor(2.0)
+    counter = StepCounter()  # the ops that launch a kernel
+    with counter.mode:
+        plain = discriminator_loss(head, weights)
+        grad, = torch.autograd.grad(plain["d_loss"], head, two)
+    torch.testing.assert_close(plain["d_loss"], sup + real + fake)
+    torch.testing.assert_close(grad, torch.tensor([2.0, 2, 2, 0, 0, 0]))
+    assert counter.ops == {"dot": 1, "mul": 1}, counter.ops
 
 
 def test_feature_matching_loss_matches_formula():
