@@ -1,8 +1,10 @@
 """Per-op benchmark: ssgan's ops against the same op written with stock PyTorch.
 
 Providers: ``ssgan`` (the default path: compiled Triton on a GPU, the Inductor-compiled twins
-on a CPU), ``stock`` (what a user writes: ``F.leaky_relu`` + ``F.dropout`` after a per-channel
-affine, ``torch.logsumexp``, ``F.cross_entropy``), ``stock+compile`` (its ``torch.compile``)
+on a CPU), ``stock`` (what a user writes, ``bench.stock``'s: ``F.leaky_relu`` + ``F.dropout``
+after a per-channel affine or ``F.batch_norm``, ``torch.logsumexp``, ``F.cross_entropy``, the
+BCEs and the entropy of the loss head, feature matching's means), ``stock+compile`` (its
+``torch.compile``)
 and ``reference`` (ssgan's eager twins: a correctness reference, never a baseline; on a CPU
 only at the model's shapes, where it finishes).
 
@@ -38,6 +40,7 @@ import ssgan.kernels as K
 from bench import common, stock
 from ssgan.devices import policy
 from ssgan.kernels import reference as ref
+from ssgan.models import BN_EPS
 
 PROVIDERS = ("ssgan", "stock", "stock+compile", "reference")
 BASELINES = ("stock", "stock+compile")
@@ -72,10 +75,6 @@ def _lrd_stock(x, scale, shift, slope, p):
     """A folded BatchNorm's affine, ``F.leaky_relu`` and ``F.dropout``, as a user writes them."""
     z = x * _channel(scale, x) + _channel(shift, x) if scale is not None else x
     return F.dropout(F.leaky_relu(z, slope), p, training=True)
-
-
-def _gan_logits_stock(z, extra):
-    return torch.logsumexp(z[:, :-1], 1) - z[:, -1] if extra else torch.logsumexp(z, 1)
 
 
 def _compiled(fn, backend):
@@ -130,7 +129,7 @@ def gan_logits_case(label, batch, cols, extra, dtype, device, compile_backend,
     size = torch.finfo(dtype).bits // 8
     return Case("gan_logits", f"extra_class={extra}", label, (batch, cols), ROWS, make,
                 _providers(lambda z: K.gan_logits(z, extra_class=extra),
-                           lambda z: _gan_logits_stock(z, extra),
+                           lambda z: stock.gan_logits(z, extra),
                            lambda z: ref.gan_logits(z, extra_class=extra), compile_backend,
                            with_reference),
                 bytes_fwd=batch * cols * size + batch * (size + 4),
@@ -150,6 +149,78 @@ def mce_case(label, batch, cols, dtype, device, compile_backend, with_reference=
                            compile_backend, with_reference),
                 bytes_fwd=batch * (cols * size + 8 + 1 + 4),
                 bytes_bwd=batch * (2 * cols * size + 8 + 1 + 4))
+
+
+def bn_case(label, shape, p, dtype, device, compile_backend, slope=0.2, with_reference=True,
+            channels_last=False) -> Case:
+    """The BatchNorm block (batch statistics of one segment, affine, leaky ReLU, dropout),
+    moving running statistics as ``nn.BatchNorm2d`` in training does."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    channels = shape[1]
+
+    def make():
+        x = (torch.randn(shape, dtype=dtype, device=device) * 2 + 1).contiguous(
+            memory_format=memory_format).requires_grad_()
+        return (x, (torch.rand(channels, device=device) + 0.5).requires_grad_(),
+                torch.randn(channels, device=device).requires_grad_(),
+                torch.zeros(channels, device=device), torch.ones(channels, device=device))
+
+    def ssgan(x, w, b, mean, var):
+        return K.batch_norm_leaky_relu_dropout(x, w, b, running_mean=mean, running_var=var,
+                                               momentum=0.1, eps=BN_EPS, negative_slope=slope,
+                                               p=p)
+
+    def reference(x, w, b, mean, var):
+        return ref.batch_norm_leaky_relu_dropout(x, w, b, running_mean=mean, running_var=var,
+                                                 momentum=0.1, eps=BN_EPS,
+                                                 negative_slope=slope, p=p)
+
+    def stock_(x, w, b, mean, var):
+        return stock.batch_norm_leaky_relu_dropout(x, w, b, mean, var, 0.1, BN_EPS, slope, p)
+
+    numel, size = math.prod(shape), torch.finfo(dtype).bits // 8
+    return Case("batch_norm_leaky_relu_dropout", f"p={p}", label, shape,
+                _layout(channels_last), make,
+                _providers(ssgan, stock_, reference, compile_backend, with_reference),
+                bytes_fwd=2 * numel * size, bytes_bwd=3 * numel * size)
+
+
+def head_case(label, segments, cols, extra, dtype, device, compile_backend,
+              with_reference=True) -> Case:
+    """The loss head over the class logits of the segments (real, fake[, labeled]), half of
+    the supervised rows labeled."""
+    rows, sup = sum(segments), segments[2] if len(segments) == 3 else segments[0]
+    classes = cols - int(extra)
+
+    def make():
+        z = torch.randn(rows, cols, dtype=dtype, device=device) * 3
+        mask = torch.rand(sup, device=device) < 0.5
+        target = torch.where(mask, torch.randint(0, classes, (sup,), device=device), -1)
+        return z.requires_grad_(), target, mask
+
+    def call(head):
+        return lambda z, t, m: head(z, t, m, segments=segments, extra_class=extra)
+
+    size = torch.finfo(dtype).bits // 8
+    return Case("gan_loss_head", f"extra_class={extra},segments={len(segments)}", label,
+                (rows, cols), ROWS, make,
+                _providers(call(K.gan_loss_head),
+                           lambda z, t, m: stock.gan_loss_head(z, t, m, segments, extra),
+                           call(ref.gan_loss_head), compile_backend, with_reference),
+                bytes_fwd=rows * cols * size + sup * 9, bytes_bwd=2 * rows * cols * size)
+
+
+def fm_case(label, rows, features, dtype, device, compile_backend, with_reference=True) -> Case:
+    """Feature matching between a real and a fake batch of ``rows`` feature vectors."""
+    def make():
+        real = torch.randn(rows, features, dtype=dtype, device=device).requires_grad_()
+        return real, torch.randn(rows, features, dtype=dtype, device=device).requires_grad_()
+
+    numel, size = rows * features, torch.finfo(dtype).bits // 8
+    return Case("feature_matching", f"features={features}", label, (rows, features), ROWS,
+                make, _providers(K.feature_matching, stock.feature_matching,
+                                 ref.feature_matching, compile_backend, with_reference),
+                bytes_fwd=2 * numel * size, bytes_bwd=2 * numel * size)
 
 
 # (label, shape, affine, p, slope): every BatchNorm + leaky-ReLU (+ dropout) block of D and G at
@@ -181,7 +252,10 @@ def cases(dtype, device, smoke, compile_backend,
                 lrd_case("D.act3", (4, 3, 4, 4), True, 0.5, *args, channels_last=True),
                 lrd_case("sweep", (2, 3, 5), False, 0.0, *args),
                 gan_logits_case("D.head", 8, 11, True, *args),
-                mce_case("D.supervised", 8, 10, *args)]
+                mce_case("D.supervised", 8, 10, *args),
+                bn_case("D.act3", (4, 3, 4, 4), 0.5, *args),
+                head_case("D.loss_head", (4, 4, 2), 11, True, *args),
+                fm_case("D.features", 4, 6, *args)]
     gpu = device.type == "cuda"
     out = [lrd_case(label, shape, affine, p, *args, slope=slope) for label, shape, affine, p, slope
            in MODEL_BLOCKS]
@@ -195,16 +269,26 @@ def cases(dtype, device, smoke, compile_backend,
             if affine and p:  # as the model calls it: ATen's batch norm first, no fold
                 out.append(lrd_case(label, shape, False, p, *args, slope=slope,
                                     channels_last=True))
+    # the BatchNorm blocks as the model calls the fused op (one segment: a CPU's D pass)
+    out += [bn_case(label, shape, p, *args, slope=slope, channels_last=channels_last_rows)
+            for label, shape, affine, p, slope in MODEL_BLOCKS if affine]
     out += [gan_logits_case("D.head", 128, 10, False, *args),
             gan_logits_case("D.head", 128, 11, True, *args),
-            mce_case("D.supervised", 128, 10, *args), mce_case("D.supervised", 128, 11, *args)]
+            mce_case("D.supervised", 128, 10, *args), mce_case("D.supervised", 128, 11, *args),
+            head_case("D.loss_head", (128, 128), 10, False, *args),       # the notebook's
+            head_case("D.loss_head", (128, 128, 64), 10, False, *args),   # the improved one
+            fm_case("D.features", 128, 128, *args)]
     sweep = dict(with_reference=gpu)
     for affine in (False, True):   # 8 MB .. 512 MB per fp32 tensor on a GPU, 2 .. 32 MB on CPU
         out += [lrd_case("sweep", (n, 64, 32, 32), affine, 0.5, *args, **sweep)
                 for n in ((32, 128, 512, 1024, 2048) if gpu else (8, 32, 128))]
+    out += [bn_case("sweep", (n, 64, 32, 32), 0.5, *args, **sweep)
+            for n in ((32, 128, 512, 1024, 2048) if gpu else (8, 32, 128))]
     for batch in (2**14, 2**17, 2**20, 2**23) if gpu else (2**14, 2**17, 2**20):
         out += [gan_logits_case("sweep", batch, 11, True, *args, **sweep),
-                mce_case("sweep", batch, 11, *args, **sweep)]
+                mce_case("sweep", batch, 11, *args, **sweep),
+                head_case("sweep", (batch // 2, batch // 2), 11, True, *args, **sweep),
+                fm_case("sweep", batch // 16, 128, *args, **sweep)]
     return out
 
 
@@ -344,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--ops", nargs="+", default=None,
                         help="only these ops (leaky_relu_dropout, gan_logits, "
-                             "masked_cross_entropy)")
+                             "masked_cross_entropy, batch_norm_leaky_relu_dropout, "
+                             "gan_loss_head, feature_matching)")
     args = parser.parse_args(argv)
     device, env, out_dir = common.setup(args)
     copy_gbps = common.copy_bandwidth_gbps(device, args.smoke)

@@ -87,6 +87,46 @@ def masked_cross_entropy(logits, labels, mask):
     return (ce * m).sum() / m.sum().clamp_min(1.0)
 
 
+def gan_logits(class_logits, extra_class):
+    """The GAN logit: log-sum-exp of the class logits, less the fake class's with one."""
+    if extra_class:
+        return torch.logsumexp(class_logits[:, :-1], 1) - class_logits[:, -1]
+    return torch.logsumexp(class_logits, 1)
+
+
+def batch_norm_leaky_relu_dropout(x, weight, bias, running_mean, running_var, momentum, eps,
+                                  negative_slope, p):
+    """A BatchNorm in training (``nn.BatchNorm2d``'s call), ``F.leaky_relu``, ``F.dropout``."""
+    y = F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
+    return F.dropout(F.leaky_relu(y, negative_slope), p, training=True)
+
+
+def gan_loss_head(class_logits, target, mask, segments, extra_class):
+    """The six terms of :func:`ssgan.kernels.gan_loss_head` (supervised CE, the two BCEs, the
+    real rows' entropy, hits, labeled rows) from the rows of ``segments`` (real, fake[,
+    labeled]), in the logits' dtype."""
+    z = class_logits
+    real, fake = z[:segments[0]], z[segments[0]:segments[0] + segments[1]]
+    sup = z[segments[0] + segments[1]:] if len(segments) == 3 else real
+    k = z.shape[1] - int(extra_class)
+    w = mask.to(z.dtype)
+    ce = F.cross_entropy(sup, target.clamp(0, z.shape[1] - 1), reduction="none")
+    supervised = (torch.where(w != 0, ce, 0.0) * w).sum() / w.sum().clamp_min(1)
+    bce_real = F.binary_cross_entropy_with_logits(gan_logits(real, extra_class),
+                                                  torch.ones_like(real[:, 0]))
+    bce_fake = F.binary_cross_entropy_with_logits(gan_logits(fake, extra_class),
+                                                  torch.zeros_like(fake[:, 0]))
+    log_p = F.log_softmax(real[:, :k], 1)
+    entropy = -(log_p.exp() * log_p).sum(1).mean()
+    hits = ((sup[:, :k].argmax(1) == target) & (w != 0)).sum().to(z.dtype)
+    return torch.stack([supervised, bce_real, bce_fake, entropy, hits, w.sum()])
+
+
+def feature_matching(features_real, features_fake):
+    """The generator's loss: mean |E[f(real)] - E[f(fake)]| over the features."""
+    return (features_real.mean(0) - features_fake.mean(0)).abs().mean()
+
+
 def stock_models(trainer: Trainer, compile_mode: str | None = None, channels_last: bool = False,
                  trainer_optimizers: bool = False) -> tuple[nn.Module, nn.Module]:
     """Stock G and D shaped like ``trainer``'s, on its device, optionally ``torch.compile``d
@@ -154,5 +194,5 @@ def _stock_losses(trainer: Trainer, g: nn.Module, d: nn.Module, idx: torch.Tenso
     if cfg.entropy_weight:
         log_p = F.log_softmax(class_real, dim=1)
         d_loss = d_loss + cfg.entropy_weight * -(log_p.exp() * log_p).sum(1).mean()
-    g_loss = (feat_real.mean(0) - feat_fake.mean(0)).abs().mean()
+    g_loss = feature_matching(feat_real, feat_fake)
     return d_loss, g_loss

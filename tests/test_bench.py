@@ -18,7 +18,8 @@ def test_kernel_bench_smoke(tmp_path):
     assert kernels.main(["--smoke", "--out", str(tmp_path)]) == 0
     rows = read(tmp_path / "kernels.csv")
     ops = {r["op"] for r in rows}
-    assert ops == {"leaky_relu_dropout", "gan_logits", "masked_cross_entropy"}
+    assert ops == {"leaky_relu_dropout", "batch_norm_leaky_relu_dropout", "gan_loss_head",
+                   "feature_matching", "gan_logits", "masked_cross_entropy"}  # every op
     assert {r["provider"] for r in rows} == set(kernels.PROVIDERS)
     assert {r["mode"] for r in rows} == set(kernels.MODES)
     assert all(r["note"] == common.NOT_A_MEASUREMENT and float(r["median_ms"]) > 0 for r in rows)

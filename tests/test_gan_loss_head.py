@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import ssgan.kernels as K
+from bench import stock
 from ssgan.kernels import reference as ref
 from helpers import LOW_PRECISION, assert_close_to_truth, inductor_diagonal, randn
 
@@ -13,22 +14,8 @@ LAYOUTS = [((5, 3), False), ((4, 3, 6), False), ((6, 4), True), ((3, 5, 2), True
 
 
 def _truth(z, target, mask, segments, extra_class):
-    """The six outputs as a user writes them in stock PyTorch, in fp64."""
-    z = z.double()
-    real, fake = z[:segments[0]], z[segments[0]:segments[0] + segments[1]]
-    sup = z[segments[0] + segments[1]:] if len(segments) == 3 else real
-    k = z.shape[1] - int(extra_class)
-    gan = (lambda a: torch.logsumexp(a[:, :-1], 1) - a[:, -1]) if extra_class else \
-        (lambda a: torch.logsumexp(a, 1))
-    w = mask.double()
-    ce = F.cross_entropy(sup, target.clamp(0, z.shape[1] - 1), reduction="none")
-    supervised = (torch.where(w != 0, ce, 0.0) * w).sum() / w.sum().clamp_min(1)
-    bce_real = F.binary_cross_entropy_with_logits(gan(real), torch.ones_like(real[:, 0]))
-    bce_fake = F.binary_cross_entropy_with_logits(gan(fake), torch.zeros_like(fake[:, 0]))
-    log_p = F.log_softmax(real[:, :k], 1)
-    entropy = -(log_p.exp() * log_p).sum(1).mean()
-    hits = ((sup[:, :k].argmax(1) == target) & (w != 0)).sum().double()
-    return torch.stack([supervised, bce_real, bce_fake, entropy, hits, w.sum()])
+    """The six outputs as a user writes them in stock PyTorch (bench.stock), in fp64."""
+    return stock.gan_loss_head(z.double(), target, mask, segments, extra_class)
 
 
 def _inputs(segments, extra_class, device, dtype=torch.float64, scale=3.0, cols=10,
