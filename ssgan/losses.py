@@ -23,10 +23,10 @@ def head_weights(unlabeled_weight: float = 1.0, entropy_weight: float = 0.0,
 def discriminator_loss(head: torch.Tensor, weights: torch.Tensor,
                        supervised_share: torch.Tensor | None = None
                        ) -> dict[str, torch.Tensor]:
-    """d_loss = [``supervised_share`` *] supervised + ``unlabeled_weight`` * (bce_real +
-    bce_fake) + ``entropy_weight`` * entropy, from ``head``, the (6,) float32 terms of
-    :func:`ssgan.kernels.gan_loss_head`, and ``weights`` (:func:`head_weights`), as one dot
-    product: one launch each way, where summing the terms picked out of ``head`` costs a
+    """d_loss = [``supervised_share`` *] supervised + unlabeled_weight * (bce_real + bce_fake)
+    + entropy_weight * entropy, from ``head``, the (6,) float32 terms of
+    :func:`ssgan.kernels.gan_loss_head`, and ``weights``, :func:`head_weights` of those two
+    weights, as one dot product: one launch each way, where summing the terms picked out of ``head`` costs a
     launch per term and a stack in the backward. ``supervised_share`` rescales this batch's CE
     mean to its share of a larger batch's (:meth:`ssgan.distributed.Group.labeled_share`).
     Returns the terms by name (detached: they are reported, not differentiated), the
