@@ -96,12 +96,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Tests that run on the Inductor path join the compile tier; the subprocess tier (the
-    longest tests) goes first, so that the workers end on short tests; after_all_tests go
-    last."""
+    """Tests that run on the Inductor path join the compile tier; after_all_tests go last."""
     for item in items:
         params = getattr(item, "callspec", None)
         if params and "inductor" in [str(v) for v in params.params.values()]:
             item.add_marker(pytest.mark.compile)
-    items.sort(key=lambda item: (item.get_closest_marker("after_all_tests") is not None,
-                                 item.get_closest_marker("subprocess") is None))
+    items.sort(key=lambda item: item.get_closest_marker("after_all_tests") is not None)
