@@ -54,7 +54,7 @@ class StockDiscriminator(nn.Module):
         h = act(self.conv7(h))
         features = h.mean(dim=(2, 3))
         class_logits = self.classifier(features)
-        return class_logits, torch.logsumexp(class_logits, 1), features
+        return class_logits, gan_logits(class_logits, extra_class=False), features
 
 
 class StockGenerator(nn.Module):

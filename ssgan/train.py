@@ -86,12 +86,17 @@ def simultaneous_update(d_loss: torch.Tensor, g_loss: torch.Tensor, d: torch.nn.
     d_grads = torch.autograd.grad(d_loss, weights.leaves(d_params), retain_graph=True)
     g_grads = torch.autograd.grad(g_loss, weights.leaves(g_params))
     params = [*d_params, *g_params]
-    grads = weights.master_grads(params, [*d_grads, *g_grads])
-    distributed.current().average_(grads)
-    for p, grad in zip(params, grads):
-        p.grad = grad
+    _set_gradients(params, weights.master_grads(params, [*d_grads, *g_grads]))
     opt_d.step()
     opt_g.step()
+
+
+def _set_gradients(params: list[torch.Tensor], grads: list[torch.Tensor | None]) -> None:
+    """Averages ``grads`` over the run's ranks and hands them to ``params`` as their ``.grad``
+    (a None gradient leaves its parameter without one, as ``loss.backward()`` would)."""
+    distributed.current().average_([grad for grad in grads if grad is not None])
+    for p, grad in zip(params, grads):
+        p.grad = grad
 
 
 class Trainer:
@@ -240,19 +245,15 @@ class Trainer:
     def _supervised_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """Baseline: the same D trained on labeled examples only, no GAN terms."""
         idx = self._labeled_batch(min(self.cfg.batch_size, self.labeled_idx.numel()))
-        labels = self.train_labels[idx]
+        labels, labeled = self.train_labels[idx], self.labeled_weight[idx]
         with mixed_precision(self.cfg.precision, self.device, self.d) as weights:
             class_real, _, _ = self.d(self._real_images(idx))
-            loss = K.masked_cross_entropy(class_real, labels, labels >= 0)
-        share = self.group.labeled_share(labels >= 0)
+            loss = K.masked_cross_entropy(class_real, labels, labeled)
+        share = self.group.labeled_share(labeled)
         loss = loss * share if share is not None else loss
         params = list(self.d.parameters())
-        # a parameter the loss does not reach keeps no gradient, as with loss.backward()
-        grads = weights.master_grads(params, torch.autograd.grad(
-            loss, weights.leaves(params), allow_unused=True))
-        self.group.average_([grad for grad in grads if grad is not None])
-        for p, grad in zip(params, grads):
-            p.grad = grad
+        _set_gradients(params, weights.master_grads(params, torch.autograd.grad(
+            loss, weights.leaves(params), allow_unused=True)))
         self.opt_d.step()
         if self.d_ema is not None:
             self.d_ema.update(self.d)
