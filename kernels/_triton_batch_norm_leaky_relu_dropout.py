@@ -138,8 +138,8 @@ def _normalized_tile(x_ptr, stats_ptr, w_ptr, b_ptr, B1, B2, B3, R, C, S, num_s_
     segment statistics. Returns (pid_a, pid_b, offs, logical, in_bounds, x, z, scale, xhat,
     the (segment, channel) offsets)."""
     pid_a, pid_b = _program_ids(num_b)
-    offs, logical, c, in_bounds = _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST,
-                                        BLOCK_A, BLOCK_B, GROUP)
+    offs, logical, c, in_bounds, _ = _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST,
+                                           BLOCK_A, BLOCK_B, GROUP)
     x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
     seg = _segment_of_tile(pid_a, offs, C, S, num_s_blocks, B1, B2, B3, CHANNELS_LAST)

@@ -33,7 +33,9 @@ def _program_ids(num_b):
 @triton.jit
 def _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST: tl.constexpr,
           BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
-    """Memory offsets, row-major logical indices, channel ids and bounds mask of one tile.
+    """Memory offsets, row-major logical indices, channel ids and bounds mask of one tile,
+    and the offsets of the same elements in the other layout (the compiler drops them where
+    they go unused).
 
     Channels-last tiles are (BLOCK_A, BLOCK_B); channels-first tiles are
     (BLOCK_A, BLOCK_B // GROUP, GROUP), whose last axis holds GROUP consecutive positions that
@@ -45,6 +47,7 @@ def _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST: tl.constexpr,
         in_bounds = (r < R) & (c < C)
         offs = r * C + c
         logical = (r // S) * (C * S) + c * S + (r % S)
+        swapped = logical
     else:
         # one batch item n per program; tile rows are channels, tile columns are positions
         n = pid_a // num_s_blocks
@@ -55,7 +58,8 @@ def _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST: tl.constexpr,
         in_bounds = (c < C) & (s < S)
         offs = n * (C * S) + c * S + s
         logical = offs
-    return offs, logical, c, in_bounds
+        swapped = n * (C * S) + s * C + c
+    return offs, logical, c, in_bounds, swapped
 
 
 @triton.jit
@@ -131,18 +135,19 @@ def _forward_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, seed_ptr, R, C, S, num_s
                     NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
                     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                     SHARED_PHILOX: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                    IS_FP64: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
-                    GROUP: tl.constexpr):
+                    SWAPPED: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_A: tl.constexpr,
+                    BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
     pid_a, pid_b = _program_ids(num_b)
-    offs, logical, c, in_bounds = _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST,
-                                        BLOCK_A, BLOCK_B, GROUP)
+    offs, logical, c, in_bounds, swapped = _tile(pid_a, pid_b, R, C, S, num_s_blocks,
+                                                 CHANNELS_LAST, BLOCK_A, BLOCK_B, GROUP)
     x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
     z, _ = _affine(x, c, C, scale_ptr, shift_ptr, HAS_SCALE, HAS_SHIFT)
     y = _slope_and_mask(z, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
                         NEGATIVE_SLOPE, P, KEEP_SCALE, HAS_DROPOUT, SHARED_PHILOX,
                         CHANNELS_LAST, BLOCK_A, BLOCK_B)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=in_bounds)
+    tl.store(y_ptr + (swapped if SWAPPED else offs), y.to(y_ptr.dtype.element_ty),
+             mask=in_bounds)
 
 
 @triton.jit
@@ -151,13 +156,13 @@ def _backward_kernel(dy_ptr, x_ptr, dx_ptr, scale_ptr, shift_ptr, seed_ptr,
                      NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
                      HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                      SHARED_PHILOX: tl.constexpr, AFFINE_GRADS: tl.constexpr,
-                     CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_A: tl.constexpr,
-                     BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
+                     CHANNELS_LAST: tl.constexpr, SWAPPED: tl.constexpr, IS_FP64: tl.constexpr,
+                     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
     pid_a, pid_b = _program_ids(num_b)
-    offs, logical, c, in_bounds = _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST,
-                                        BLOCK_A, BLOCK_B, GROUP)
+    offs, logical, c, in_bounds, swapped = _tile(pid_a, pid_b, R, C, S, num_s_blocks,
+                                                 CHANNELS_LAST, BLOCK_A, BLOCK_B, GROUP)
     x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
-    dy = tl.load(dy_ptr + offs, mask=in_bounds, other=0.0)
+    dy = tl.load(dy_ptr + (swapped if SWAPPED else offs), mask=in_bounds, other=0.0)
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
     dy = dy.to(x.dtype)
     z, scale = _affine(x, c, C, scale_ptr, shift_ptr, HAS_SCALE, HAS_SHIFT)
@@ -241,26 +246,28 @@ def _fp_flags(x: torch.Tensor, negative_slope: float, p: float) -> dict:
 
 
 def forward_triton(x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None,
-                   seed: torch.Tensor, negative_slope: float, p: float) -> torch.Tensor:
-    """y for x in a native layout (non-empty), in x's layout."""
-    y = torch.empty_like(x)
+                   seed: torch.Tensor, negative_slope: float, p: float,
+                   swap_layout: bool) -> torch.Tensor:
+    """y for x in a native layout (non-empty), in x's layout, or in the other native layout
+    where ``swap_layout`` (4-D x)."""
     plan = _Launch.plan(x)
+    y = reference.output_like(x, swap_layout)
     _forward_kernel[plan.grid](
         x, y, scale if scale is not None else x, shift if shift is not None else x, seed,
         *plan.args(), HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        **plan.constexprs(),
-        **_fp_flags(x, negative_slope, p))
+        SWAPPED=swap_layout, **plan.constexprs(), **_fp_flags(x, negative_slope, p))
     return y
 
 
 def backward_triton(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None,
                     shift: torch.Tensor | None, seed: torch.Tensor, negative_slope: float,
-                    p: float, affine_grads: bool
+                    p: float, affine_grads: bool, swap_layout: bool
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dscale, dshift) for x in a native layout; dscale/dshift empty without
+    """(dx, dscale, dshift) for x in a native layout, dx in x's layout and dy read in y's
+    (the other native layout where ``swap_layout``); dscale/dshift empty without
     ``affine_grads`` or without scale/shift."""
     plan = _Launch.plan(x) if x.numel() else None
-    dy = reference.native_layout(dy, plan.channels_last if plan else False)
+    dy = reference.native_layout(dy, (plan.channels_last != swap_layout) if plan else False)
     dx = torch.empty_like(x)
     channels = x.shape[1] if x.dim() > 1 else 1
     # rows of per-program partial sums, dscale's and dshift's in one buffer; every program
@@ -274,7 +281,7 @@ def backward_triton(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | Non
             seed, partials[0] if affine_grads else x, partials[1] if affine_grads else x,
             *plan.args(),
             HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, AFFINE_GRADS=affine_grads,
-            **plan.constexprs(),
+            SWAPPED=swap_layout, **plan.constexprs(),
             **_fp_flags(x, negative_slope, p))
     # stage two of the reduction: a fixed-order sum over programs, so results are deterministic
     dscale = partials[0].sum(0).to(scale.dtype) if (affine_grads and scale is not None) \

@@ -40,18 +40,21 @@ def _as_ncs(t: torch.Tensor) -> torch.Tensor:
 
 
 
-def _forward_inductor(x, scale, shift, seed, negative_slope, p):
+def _forward_inductor(x, scale, shift, seed, negative_slope, p, swap_layout):
     x_run = _inductor_layout(x)
     y = _inductor.call(reference.leaky_relu_dropout_forward, _as_ncs(x_run), scale, shift,
                        seed, negative_slope, p).view(x.shape)
-    return y if x_run is x else torch.empty_like(x).copy_(y)
+    # the loops write x_run's layout: another one costs a copy (no CPU policy asks for one)
+    return y if x_run is x and not swap_layout else \
+        reference.output_like(x, swap_layout).copy_(y)
 
 
 def _forward_triton(*args):
     return triton_module("leaky_relu_dropout").forward_triton(*args)
 
 
-def _backward_inductor(dy, x, scale, shift, seed, negative_slope, p, affine_grads):
+def _backward_inductor(dy, x, scale, shift, seed, negative_slope, p, affine_grads,
+                       swap_layout):
     x_run = _inductor_layout(x)
     dy_run = reference.native_layout(dy, x_run is x and reference.is_channels_last(x))
     dx, dscale, dshift = _inductor.call(reference.leaky_relu_dropout_backward, _as_ncs(dy_run),
@@ -67,33 +70,33 @@ def _backward_triton(*args):
 
 @torch.library.custom_op("ssgan::leaky_relu_dropout_fwd", mutates_args=())
 def _forward_op(x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
-                seed: torch.Tensor, negative_slope: float, p: float,
+                seed: torch.Tensor, negative_slope: float, p: float, swap_layout: bool,
                 backend: str) -> torch.Tensor:
     x = reference.native_layout(x)
     if x.numel() == 0:
-        return torch.empty_like(x)
+        return reference.output_like(x, swap_layout)
     launch = _forward_inductor if backend == "inductor" else _forward_triton
-    return launch(x, scale, shift, seed, negative_slope, p)
+    return launch(x, scale, shift, seed, negative_slope, p, swap_layout)
 
 
 @_forward_op.register_fake
-def _(x, scale, shift, seed, negative_slope, p, backend):
-    return reference.output_like(x)
+def _(x, scale, shift, seed, negative_slope, p, swap_layout, backend):
+    return reference.output_like(x, swap_layout)
 
 
 @torch.library.custom_op("ssgan::leaky_relu_dropout_bwd", mutates_args=())
 def _backward_op(dy: torch.Tensor, x: torch.Tensor, scale: Optional[torch.Tensor],
                  shift: Optional[torch.Tensor], seed: torch.Tensor, negative_slope: float,
-                 p: float, affine_grads: bool, backend: str
+                 p: float, affine_grads: bool, swap_layout: bool, backend: str
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x = reference.native_layout(x)
     # an empty x launches nothing on the Triton path, which also makes its empty affine grads
     launch = _backward_inductor if backend == "inductor" and x.numel() else _backward_triton
-    return launch(dy, x, scale, shift, seed, negative_slope, p, affine_grads)
+    return launch(dy, x, scale, shift, seed, negative_slope, p, affine_grads, swap_layout)
 
 
 @_backward_op.register_fake
-def _(dy, x, scale, shift, seed, negative_slope, p, affine_grads, backend):
+def _(dy, x, scale, shift, seed, negative_slope, p, affine_grads, swap_layout, backend):
     dscale = scale.new_empty(scale.shape) if (affine_grads and scale is not None) \
         else x.new_empty(0)
     dshift = shift.new_empty(shift.shape) if (affine_grads and shift is not None) \
@@ -105,12 +108,13 @@ class LeakyReLUDropoutFunction(torch.autograd.Function):
     """Autograd for the fused op. Saves ``x``, ``scale``, ``shift`` and the seed tensor only."""
 
     @staticmethod
-    def forward(x, scale, shift, seed, negative_slope, p, backend):
-        return call_op(_forward_op, x, scale, shift, seed, negative_slope, p, backend)
+    def forward(x, scale, shift, seed, negative_slope, p, swap_layout, backend):
+        return call_op(_forward_op, x, scale, shift, seed, negative_slope, p, swap_layout,
+                       backend)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, scale, shift, seed, ctx.negative_slope, ctx.p, ctx.backend = inputs
+        x, scale, shift, seed, ctx.negative_slope, ctx.p, ctx.swap_layout, ctx.backend = inputs
         ctx.save_for_backward(x, scale, shift, seed)
 
     @staticmethod
@@ -121,18 +125,18 @@ class LeakyReLUDropoutFunction(torch.autograd.Function):
         if _transforms.building_backward_graph():
             dx, dscale, dshift = reference.leaky_relu_dropout_backward(*args)
         else:
-            dx, dscale, dshift = call_op(_backward_op, *args, ctx.backend)
+            dx, dscale, dshift = call_op(_backward_op, *args, ctx.swap_layout, ctx.backend)
         return (dx if ctx.needs_input_grad[0] else None,
                 dscale if ctx.needs_input_grad[1] else None,
-                dshift if ctx.needs_input_grad[2] else None, None, None, None, None)
+                dshift if ctx.needs_input_grad[2] else None, None, None, None, None, None)
 
     vmap = _transforms.vmap_refusal("leaky_relu_dropout")
 
 
 def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float = 0.0,
                        training: bool = True, seed: int | torch.Tensor | None = None,
-                       scale: torch.Tensor | None = None,
-                       shift: torch.Tensor | None = None) -> torch.Tensor:
+                       scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                       memory_format: torch.memory_format | None = None) -> torch.Tensor:
     """``y = dropout_p(leaky_relu(x * scale[c] + shift[c], negative_slope))`` in one pass.
 
     x: (N, C, ...) float64/32/16 or bfloat16, contiguous, channels_last or strided.
@@ -141,15 +145,18 @@ def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float
     ``training`` is False or p == 0.
     seed: int in [0, 2**63), a one-element int64 tensor, or None to draw one from torch's
     generator. Equal seeds and shapes give equal masks on every backend.
-    Returns y with x's shape and dtype, in x's memory layout when x is contiguous or
-    channels-last, contiguous otherwise. Differentiable in x, scale and shift.
+    memory_format: y's layout, None for x's; ``torch.contiguous_format`` or, for a 4-D x,
+    ``torch.channels_last``. The kernel writes it in its one pass (and reads y's gradient in
+    it): a channels-first image batch becomes a channels-last model's input for free.
+    Returns y with x's shape and dtype, in ``memory_format``, else in x's memory layout when x
+    is contiguous or channels-last, contiguous otherwise. Differentiable in x, scale and shift.
     """
-    reference.check_leaky_relu_dropout_args(x, p, scale, shift)
+    reference.check_leaky_relu_dropout_args(x, p, scale, shift, memory_format)
     backend = backend_for(x)
     if backend == "torch":
         return reference.leaky_relu_dropout(x, negative_slope=negative_slope, p=p,
                                              training=training, seed=seed, scale=scale,
-                                             shift=shift)
+                                             shift=shift, memory_format=memory_format)
     _transforms.check_no_tangents("leaky_relu_dropout", x, scale, shift)
     drop = float(p) if training else 0.0
     seed_tensor = (_checks.resolve_seed(seed, x.device) if drop > 0
@@ -157,4 +164,5 @@ def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float
     # the kernels index scale and shift with stride 1 (C elements: the copy is free)
     scale, shift = (v.contiguous() if v is not None else None for v in (scale, shift))
     return LeakyReLUDropoutFunction.apply(x, scale, shift, seed_tensor, float(negative_slope),
-                                          drop, backend)
+                                          drop, reference.swaps_layout(x, memory_format),
+                                          backend)

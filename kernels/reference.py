@@ -76,9 +76,13 @@ def native_layout(t: torch.Tensor, channels_last: bool | None = None) -> torch.T
     return t.contiguous()
 
 
-def output_like(x: torch.Tensor) -> torch.Tensor:
+def output_like(x: torch.Tensor, swap_layout: bool = False) -> torch.Tensor:
     """An empty output of x's shape and dtype in the layout every path returns: x's own when
-    x is contiguous or channels-last, contiguous for any other strides."""
+    x is contiguous or channels-last, contiguous for any other strides; with ``swap_layout``
+    (x 4-D, in a native layout) the other of the two."""
+    if swap_layout:
+        return torch.empty_like(x, memory_format=torch.contiguous_format if is_channels_last(x)
+                                else torch.channels_last)
     native = x.is_contiguous() or is_channels_last(x)
     return torch.empty_like(x, memory_format=torch.preserve_format if native
                             else torch.contiguous_format)
@@ -158,20 +162,33 @@ def leaky_relu_dropout_backward(dy: torch.Tensor, x: torch.Tensor, scale: torch.
 
 def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float = 0.0,
                        training: bool = True, seed: int | torch.Tensor | None = None,
-                       scale: torch.Tensor | None = None,
-                       shift: torch.Tensor | None = None) -> torch.Tensor:
+                       scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                       memory_format: torch.memory_format | None = None) -> torch.Tensor:
     """``dropout_p(leaky_relu(x * scale[c] + shift[c]))``; see ``ssgan.kernels.leaky_relu_dropout``."""
-    check_leaky_relu_dropout_args(x, p, scale, shift)
+    check_leaky_relu_dropout_args(x, p, scale, shift, memory_format)
     drop = float(p) if training else 0.0
     seed_tensor = _checks.resolve_seed(seed, x.device) if drop > 0 else None
     return leaky_relu_dropout_forward(x, scale, shift, seed_tensor, negative_slope, drop,
-                                      output_like(x))
+                                      output_like(x, swaps_layout(x, memory_format)))
 
 
-def check_leaky_relu_dropout_args(x, p, scale, shift) -> None:
+def swaps_layout(x: torch.Tensor, memory_format: torch.memory_format | None) -> bool:
+    """Whether an output of x in ``memory_format`` (None: x's own) takes the other native
+    layout than the one x runs in (:func:`native_layout`)."""
+    if memory_format is None:
+        return False
+    return (memory_format == torch.channels_last) != is_channels_last(x)
+
+
+def check_leaky_relu_dropout_args(x, p, scale, shift, memory_format=None) -> None:
     _checks.check_float_tensor("x", x)
     if x.dim() == 0:
         raise ValueError("x must have at least 1 dimension (N, C, ...), got a 0-d tensor")
+    if memory_format not in (None, torch.contiguous_format, torch.channels_last) or (
+            memory_format == torch.channels_last and x.dim() != 4):
+        raise ValueError("memory_format must be None (x's layout), torch.contiguous_format or, "
+                         f"for a 4-D x, torch.channels_last; got {memory_format} for a "
+                         f"{x.dim()}-D x")
     _checks.check_dropout_p(p)
     _checks.check_channel_vector("scale", scale, x)
     _checks.check_channel_vector("shift", shift, x)

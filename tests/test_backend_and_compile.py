@@ -165,11 +165,15 @@ def _opcheck_cases(device, backend):
     target, weight = torch.randint(0, 11, (6,), device=device), torch.rand(6, device=device)
     lse = torch.logsumexp(logits, 1)
     return [
-        (L._forward_op, (permuted, scale, shift, seed, 0.2, 0.5, backend)),
+        (L._forward_op, (permuted, scale, shift, seed, 0.2, 0.5, False, backend)),
         (L._forward_op, (permuted.contiguous(memory_format=torch.channels_last), None, None,
-                         seed, 0.2, 0.0, backend)),
+                         seed, 0.2, 0.0, False, backend)),
+        (L._forward_op, (permuted, scale, shift, seed, 0.2, 0.5, True, backend)),
         (L._backward_op, (torch.randn_like(permuted), permuted, scale, shift, seed, 0.2, 0.5,
-                          True, backend)),
+                          True, False, backend)),
+        (L._backward_op, (torch.randn_like(permuted).contiguous(
+            memory_format=torch.channels_last), permuted, scale, shift, seed, 0.2, 0.5, True,
+            True, backend)),
         (G._forward_op, (logits, True, backend)),
         (G._backward_op, (torch.randn(6, device=device), logits, lse, False, backend)),
         (M._forward_op, (logits, target, weight, backend)),

@@ -90,6 +90,64 @@ def test_matches_fp64_reference(backend, device, dtype, shape, channels_last, p)
         assert_close_to_truth(got.grad, truth.grad, dtype, scale=10.0)
 
 
+# (shape, input layout, requested output layout): images (3 channels, positions a multiple of
+# 4: the shared Philox draw), odd sizes (one Philox draw per element), a strided input
+SWAP_CASES = [((4, 3, 8, 8), "contiguous", torch.channels_last),
+              ((3, 5, 4, 7), "channels_last", torch.contiguous_format),
+              ((2, 3, 5, 3), "strided", torch.channels_last),
+              ((5, 2, 3, 3), "contiguous", torch.contiguous_format)]
+
+
+def _laid_out(x, layout):
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        return x.transpose(2, 3).contiguous().transpose(2, 3)
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, *LOW_PRECISION])
+@pytest.mark.parametrize("shape,layout,memory_format", SWAP_CASES)
+def test_memory_format_writes_the_asked_layout(backend, device, dtype, shape, layout,
+                                               memory_format):
+    """``memory_format``: y comes out in it, dy is read in it, dx keeps x's layout, and the
+    values are the twin's (fp64 by gradcheck, the low precisions against fp64)."""
+    inductor_diagonal(backend, SWAP_CASES.index((shape, layout, memory_format)),
+                      [torch.float64, *LOW_PRECISION].index(dtype), 1 + len(LOW_PRECISION))
+    x, scale, shift = _inputs(shape, dtype, device)
+    if dtype == torch.float64:
+        x = _pre_activation_away_from_kink(x, scale.abs() + 0.5, shift)
+        scale = scale.abs() + 0.5
+    x = _laid_out(x, layout)
+    assert K.backend_for(x) == backend
+    fn = lambda a, s, b: K.leaky_relu_dropout(a, p=0.4, seed=2024, scale=s, shift=b,
+                                              memory_format=memory_format)
+    leaves = [t.detach().requires_grad_() for t in (x, scale, shift)]
+    y = fn(*leaves)
+    assert y.is_contiguous(memory_format=memory_format) and y.dtype == dtype
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
+        return
+    dy = randn(*shape, dtype=dtype, device=device).contiguous(memory_format=memory_format)
+    y.backward(dy)
+    truth = [t.detach().double().requires_grad_() for t in (x, scale, shift)]
+    y64 = ref.leaky_relu_dropout(truth[0], p=0.4, seed=2024, scale=truth[1], shift=truth[2])
+    y64.backward(dy.double())
+    assert_close_to_truth(y, y64, dtype)
+    assert_close_to_truth(leaves[0].grad, truth[0].grad, dtype)
+    assert leaves[0].grad.stride() == x.stride()
+    for got, want in zip(leaves[1:], truth[1:]):
+        assert_close_to_truth(got.grad, want.grad, dtype, scale=10.0)
+
+
+def test_memory_format_is_checked():
+    x = randn(2, 3, 4)
+    with pytest.raises(ValueError, match="memory_format must be .* for a 4-D x.*3-D"):
+        K.leaky_relu_dropout(x, p=0.5, memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="memory_format must be"):
+        K.leaky_relu_dropout(x, p=0.5, memory_format=torch.preserve_format)
+
+
 def test_layouts_give_identical_results(backend, device):
     """The mask is a function of the logical index, so layout must not change anything."""
     x, scale, shift = _inputs((3, 6, 5, 4), torch.float32, device)
