@@ -44,12 +44,15 @@ def _segment_range(seg, B1, B2, B3, N):
 @triton.jit
 def _reduction_tile(j, start, count, c, C, S, CHANNELS_LAST: tl.constexpr):
     """Memory offsets, row-major logical indices and bounds of positions j (the j-th value of a
-    segment starting at row ``start``, ``count`` values per channel) of channels c."""
+    segment starting at row ``start``, ``count`` values per channel) of channels c, and their
+    offsets in the other layout."""
     n = start + j // S
     s = j % S
     logical = n * (C * S) + c * S + s
-    offs = (n * S + s) * C + c if CHANNELS_LAST else logical
-    return offs, logical, (j < count) & (c < C)
+    cl = (n * S + s) * C + c
+    offs = cl if CHANNELS_LAST else logical
+    swapped = logical if CHANNELS_LAST else cl
+    return offs, logical, (j < count) & (c < C), swapped
 
 
 # the segments' count and ends and the batch size change with the recipe and the shard, and
@@ -75,15 +78,15 @@ def _statistics_kernel(x_ptr, stats_ptr, rmean_ptr, rvar_ptr, B1, B2, B3, N, C, 
         pivot = tl.load(x_ptr + first, mask=c < C, other=0.0).to(dtype)
         total = tl.zeros((BLOCK_R, BLOCK_C), dtype)
         for j0 in range(0, count, BLOCK_R):
-            offs, logical, inside = _reduction_tile(j0 + tl.arange(0, BLOCK_R)[:, None], start,
-                                                    count, c, C, S, CHANNELS_LAST)
+            offs, logical, inside, _ = _reduction_tile(j0 + tl.arange(0, BLOCK_R)[:, None],
+                                                       start, count, c, C, S, CHANNELS_LAST)
             total += tl.where(inside, tl.load(x_ptr + offs, mask=inside, other=0.0).to(dtype)
                               - pivot, 0.0)
         mean = tl.sum(pivot, axis=0) + tl.sum(total, axis=0) / count
         centred = tl.zeros((BLOCK_R, BLOCK_C), dtype)
         for j0 in range(0, count, BLOCK_R):
-            offs, logical, inside = _reduction_tile(j0 + tl.arange(0, BLOCK_R)[:, None], start,
-                                                    count, c, C, S, CHANNELS_LAST)
+            offs, logical, inside, _ = _reduction_tile(j0 + tl.arange(0, BLOCK_R)[:, None],
+                                                       start, count, c, C, S, CHANNELS_LAST)
             d = tl.where(inside, tl.load(x_ptr + offs, mask=inside, other=0.0).to(dtype)
                          - mean[None, :], 0.0)
             centred += d * d
@@ -136,16 +139,16 @@ def _normalized_tile(x_ptr, stats_ptr, w_ptr, b_ptr, B1, B2, B3, R, C, S, num_s_
     """The elementwise kernels' common start: this program's tile of x (as
     ``leaky_relu_dropout`` tiles it), loaded in the compute dtype and normalised with its rows'
     segment statistics. Returns (pid_a, pid_b, offs, logical, in_bounds, x, z, scale, xhat,
-    the (segment, channel) offsets)."""
+    the (segment, channel) offsets, the tile's offsets in the other layout)."""
     pid_a, pid_b = _program_ids(num_b)
-    offs, logical, c, in_bounds, _ = _tile(pid_a, pid_b, R, C, S, num_s_blocks, CHANNELS_LAST,
-                                           BLOCK_A, BLOCK_B, GROUP)
+    offs, logical, c, in_bounds, swapped = _tile(pid_a, pid_b, R, C, S, num_s_blocks,
+                                                 CHANNELS_LAST, BLOCK_A, BLOCK_B, GROUP)
     x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
     x = x.to(tl.float64) if IS_FP64 else x.to(tl.float32)
     seg = _segment_of_tile(pid_a, offs, C, S, num_s_blocks, B1, B2, B3, CHANNELS_LAST)
     z, scale, xhat, at = _normalized(x, seg, c, C, in_bounds, stats_ptr, w_ptr, b_ptr,
                                      num_segments)
-    return pid_a, pid_b, offs, logical, in_bounds, x, z, scale, xhat, at
+    return pid_a, pid_b, offs, logical, in_bounds, x, z, scale, xhat, at, swapped
 
 
 @triton.jit(do_not_specialize=SEGMENT_ENDS)
@@ -153,15 +156,16 @@ def _forward_kernel(x_ptr, y_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, B1, B2, B3,
                     num_s_blocks, num_b, num_segments,
                     NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
                     HAS_DROPOUT: tl.constexpr, SHARED_PHILOX: tl.constexpr,
-                    CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_A: tl.constexpr,
-                    BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
-    pid_a, pid_b, offs, logical, in_bounds, x, z, _, _, _ = _normalized_tile(
+                    CHANNELS_LAST: tl.constexpr, SWAPPED: tl.constexpr, IS_FP64: tl.constexpr,
+                    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
+    pid_a, pid_b, offs, logical, in_bounds, x, z, _, _, _, swapped = _normalized_tile(
         x_ptr, stats_ptr, w_ptr, b_ptr, B1, B2, B3, R, C, S, num_s_blocks, num_b, num_segments,
         CHANNELS_LAST, IS_FP64, BLOCK_A, BLOCK_B, GROUP)
     y = _slope_and_mask(z, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
                         NEGATIVE_SLOPE, P, KEEP_SCALE, HAS_DROPOUT, SHARED_PHILOX,
                         CHANNELS_LAST, BLOCK_A, BLOCK_B)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=in_bounds)
+    tl.store(y_ptr + (swapped if SWAPPED else offs), y.to(y_ptr.dtype.element_ty),
+             mask=in_bounds)
 
 
 @triton.jit(do_not_specialize=SEGMENT_ENDS + ["N"])
@@ -169,7 +173,8 @@ def _reduction_kernel(dy_ptr, x_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, sums_ptr
                       db_ptr, B1, B2, B3, N, C, S, num_segments,
                       NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
                       HAS_DROPOUT: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                      IS_FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                      SWAPPED: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_R: tl.constexpr,
+                      BLOCK_C: tl.constexpr):
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
     chan = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     dtype = tl.float64 if IS_FP64 else tl.float32
@@ -181,10 +186,11 @@ def _reduction_kernel(dy_ptr, x_ptr, stats_ptr, w_ptr, b_ptr, seed_ptr, sums_ptr
         sum_dz = tl.zeros((BLOCK_R, BLOCK_C), dtype)
         sum_dz_xhat = tl.zeros((BLOCK_R, BLOCK_C), dtype)
         for j0 in range(0, count, BLOCK_R):
-            offs, logical, inside = _reduction_tile(j0 + tl.arange(0, BLOCK_R)[:, None], start,
-                                                    count, c, C, S, CHANNELS_LAST)
+            offs, logical, inside, swapped = _reduction_tile(
+                j0 + tl.arange(0, BLOCK_R)[:, None], start, count, c, C, S, CHANNELS_LAST)
             x = tl.load(x_ptr + offs, mask=inside, other=0.0).to(dtype)
-            dy = tl.load(dy_ptr + offs, mask=inside, other=0.0).to(dtype)
+            dy = tl.load(dy_ptr + (swapped if SWAPPED else offs), mask=inside,
+                         other=0.0).to(dtype)
             z, _, xhat, _ = _normalized(x, seg, c, C, inside, stats_ptr, w_ptr, b_ptr,
                                         num_segments)
             # one Philox word per element (logical index i: word i % 4 at counter i // 4)
@@ -209,12 +215,12 @@ def _backward_kernel(dy_ptr, x_ptr, dx_ptr, stats_ptr, sums_ptr, w_ptr, b_ptr, s
                      B3, R, C, S, num_s_blocks, num_b, num_segments,
                      NEGATIVE_SLOPE: tl.constexpr, P: tl.constexpr, KEEP_SCALE: tl.constexpr,
                      HAS_DROPOUT: tl.constexpr, SHARED_PHILOX: tl.constexpr,
-                     CHANNELS_LAST: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_A: tl.constexpr,
-                     BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
-    pid_a, pid_b, offs, logical, in_bounds, x, z, scale, xhat, at = _normalized_tile(
+                     CHANNELS_LAST: tl.constexpr, SWAPPED: tl.constexpr, IS_FP64: tl.constexpr,
+                     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
+    pid_a, pid_b, offs, logical, in_bounds, x, z, scale, xhat, at, swapped = _normalized_tile(
         x_ptr, stats_ptr, w_ptr, b_ptr, B1, B2, B3, R, C, S, num_s_blocks, num_b, num_segments,
         CHANNELS_LAST, IS_FP64, BLOCK_A, BLOCK_B, GROUP)
-    dy = tl.load(dy_ptr + offs, mask=in_bounds, other=0.0).to(x.dtype)
+    dy = tl.load(dy_ptr + (swapped if SWAPPED else offs), mask=in_bounds, other=0.0).to(x.dtype)
     dz = _slope_and_mask(dy, z, seed_ptr, logical, pid_a, pid_b, C, S, num_s_blocks,
                          NEGATIVE_SLOPE, P, KEEP_SCALE, HAS_DROPOUT, SHARED_PHILOX,
                          CHANNELS_LAST, BLOCK_A, BLOCK_B)
@@ -238,10 +244,11 @@ def _reduction_grid(channels: int) -> tuple[int]:
 def forward_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                    bounds: tuple[int, ...], eps: float, seed: torch.Tensor,
                    negative_slope: float, p: float, running_mean: torch.Tensor | None,
-                   running_var: torch.Tensor | None, momentum: float
+                   running_var: torch.Tensor | None, momentum: float, swap_layout: bool
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, stats) for x (N, C, ...) in a native layout, non-empty; stats (2, S, C) holds the
-    per-segment mean and 1/sqrt(var + eps). Moves the running statistics when given."""
+    """(y, stats) for x (N, C, ...) in a native layout, non-empty, y in x's layout or, where
+    ``swap_layout`` (4-D x), the other one; stats (2, S, C) holds the per-segment mean and
+    1/sqrt(var + eps). Moves the running statistics when given."""
     plan = _Launch.plan(x)
     segments = len(bounds)
     stats = torch.empty(2, segments, plan.C, dtype=reference.compute_dtype(x.dtype),
@@ -252,21 +259,22 @@ def forward_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         *_segment_args(bounds), x.shape[0], plan.C, plan.S, momentum, EPS=eps,
         num_segments=segments, TRACK=track, CHANNELS_LAST=plan.channels_last,
         IS_FP64=x.dtype == torch.float64, BLOCK_R=BLOCK_ROWS, BLOCK_C=BLOCK_CHANNELS)
-    y = torch.empty_like(x)
+    y = reference.output_like(x, swap_layout)
     flags = _fp_flags(x, negative_slope, p)
     _forward_kernel[plan.grid](x, y, stats, weight, bias, seed, *_segment_args(bounds),
-                               *plan.args(), num_segments=segments, **plan.constexprs(),
-                               **flags)
+                               *plan.args(), num_segments=segments, SWAPPED=swap_layout,
+                               **plan.constexprs(), **flags)
     return y, stats
 
 
 def backward_triton(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                     bias: torch.Tensor, stats: torch.Tensor, bounds: tuple[int, ...],
-                    seed: torch.Tensor, negative_slope: float, p: float
+                    seed: torch.Tensor, negative_slope: float, p: float, swap_layout: bool
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dweight, dbias) for x in a native layout, non-empty."""
+    """(dx, dweight, dbias) for x in a native layout, non-empty; dy is read in y's layout
+    (the other one where ``swap_layout``), dx written in x's."""
     plan = _Launch.plan(x)
-    dy = reference.native_layout(dy, plan.channels_last)
+    dy = reference.native_layout(dy, plan.channels_last != swap_layout)
     segments = len(bounds)
     means = torch.empty_like(stats)
     dweight, dbias = torch.empty_like(weight), torch.empty_like(bias)
@@ -274,9 +282,9 @@ def backward_triton(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     _reduction_kernel[_reduction_grid(plan.C)](
         dy, x, stats, weight, bias, seed, means, dweight, dbias, *_segment_args(bounds),
         x.shape[0], plan.C, plan.S, num_segments=segments, CHANNELS_LAST=plan.channels_last,
-        BLOCK_R=BLOCK_ROWS, BLOCK_C=BLOCK_CHANNELS, **flags)
+        SWAPPED=swap_layout, BLOCK_R=BLOCK_ROWS, BLOCK_C=BLOCK_CHANNELS, **flags)
     dx = torch.empty_like(x)
     _backward_kernel[plan.grid](dy, x, dx, stats, means, weight, bias, seed,
                                 *_segment_args(bounds), *plan.args(), num_segments=segments,
-                                **plan.constexprs(), **flags)
+                                SWAPPED=swap_layout, **plan.constexprs(), **flags)
     return dx, dweight, dbias

@@ -174,21 +174,27 @@ def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float
 
 def swaps_layout(x: torch.Tensor, memory_format: torch.memory_format | None) -> bool:
     """Whether an output of x in ``memory_format`` (None: x's own) takes the other native
-    layout than the one x runs in (:func:`native_layout`)."""
-    if memory_format is None:
+    layout than the one x runs in (:func:`native_layout`). Never where the two coincide (one
+    channel or one position)."""
+    if memory_format is None or x.dim() != 4 or x.shape[1] == 1 or x.shape[2] * x.shape[3] == 1:
         return False
     return (memory_format == torch.channels_last) != is_channels_last(x)
+
+
+def check_memory_format(memory_format, x: torch.Tensor) -> None:
+    """A ValueError unless ``memory_format`` is an output layout the fused ops write for x."""
+    if memory_format not in (None, torch.contiguous_format, torch.channels_last) or (
+            memory_format == torch.channels_last and x.dim() != 4):
+        raise ValueError("memory_format must be None (x's layout), torch.contiguous_format or, "
+                         f"for a 4-D x, torch.channels_last; got {memory_format} for a "
+                         f"{x.dim()}-D x")
 
 
 def check_leaky_relu_dropout_args(x, p, scale, shift, memory_format=None) -> None:
     _checks.check_float_tensor("x", x)
     if x.dim() == 0:
         raise ValueError("x must have at least 1 dimension (N, C, ...), got a 0-d tensor")
-    if memory_format not in (None, torch.contiguous_format, torch.channels_last) or (
-            memory_format == torch.channels_last and x.dim() != 4):
-        raise ValueError("memory_format must be None (x's layout), torch.contiguous_format or, "
-                         f"for a 4-D x, torch.channels_last; got {memory_format} for a "
-                         f"{x.dim()}-D x")
+    check_memory_format(memory_format, x)
     _checks.check_dropout_p(p)
     _checks.check_channel_vector("scale", scale, x)
     _checks.check_channel_vector("shift", shift, x)
@@ -338,14 +344,17 @@ def _normalized(x, weight, bias, mean, rstd, segment):
 def batch_norm_leaky_relu_dropout_forward(x: torch.Tensor, weight: torch.Tensor,
                                           bias: torch.Tensor, bounds: tuple[int, ...],
                                           eps: float, seed: torch.Tensor | None,
-                                          negative_slope: float, p: float
+                                          negative_slope: float, p: float,
+                                          swap_layout: bool = False
                                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, stats, var): y in x's dtype and layout; stats (2, S, C) the per-segment batch mean
-    and 1/sqrt(var + eps) that the backward reuses; var (S, C) the biased variance (for the
-    running statistics). Compute dtype throughout."""
+    """(y, stats, var): y in x's dtype and layout (the other native one where
+    ``swap_layout``); stats (2, S, C) the per-segment batch mean and 1/sqrt(var + eps) that the
+    backward reuses; var (S, C) the biased variance (for the running statistics). Compute
+    dtype throughout."""
     mean, var, rstd = batch_norm_statistics(x, bounds, eps)
     z = _normalized(x, weight, bias, mean, rstd, segment_of_rows(bounds, x.device))
-    y = torch.empty_like(x).copy_(_dropout(torch.where(z > 0, z, z * negative_slope), seed, p))
+    y = (output_like(x, True) if swap_layout else torch.empty_like(x)).copy_(
+        _dropout(torch.where(z > 0, z, z * negative_slope), seed, p))
     return y, torch.stack([mean, rstd]), var
 
 
@@ -393,11 +402,13 @@ def batch_norm_leaky_relu_dropout(x: torch.Tensor, weight: torch.Tensor, bias: t
                                   momentum: float = 0.1, eps: float = 1e-5,
                                   negative_slope: float = 0.2, p: float = 0.0,
                                   training: bool = True,
-                                  seed: int | torch.Tensor | None = None) -> torch.Tensor:
+                                  seed: int | torch.Tensor | None = None,
+                                  memory_format: torch.memory_format | None = None
+                                  ) -> torch.Tensor:
     """Batch norm with per-segment statistics, leaky ReLU, dropout; see
     ``ssgan.kernels.batch_norm_leaky_relu_dropout``."""
     bounds = check_batch_norm_args(x, weight, bias, segments, running_mean, running_var, p,
-                                   momentum)
+                                   momentum, memory_format)
     drop = float(p) if training else 0.0
     seed_tensor = _checks.resolve_seed(seed, x.device) if drop > 0 else None
     y, stats, var = batch_norm_leaky_relu_dropout_forward(x, weight, bias, bounds, eps,
@@ -405,15 +416,17 @@ def batch_norm_leaky_relu_dropout(x: torch.Tensor, weight: torch.Tensor, bias: t
     if running_mean is not None:
         update_running_statistics(running_mean, running_var, stats[0, 0], var[0],
                                   bounds[0] * (x[0, 0].numel() if x.shape[0] else 1), momentum)
-    return y if y.stride() == output_like(x).stride() else output_like(x).copy_(y)
+    out = output_like(x, swaps_layout(x, memory_format))
+    return y if y.stride() == out.stride() else out.copy_(y)
 
 
 def check_batch_norm_args(x, weight, bias, segments, running_mean, running_var, p,
-                          momentum) -> tuple[int, ...]:
+                          momentum, memory_format=None) -> tuple[int, ...]:
     """Checks the BatchNorm block's arguments; returns the segments' end rows."""
     _checks.check_float_tensor("x", x)
     if x.dim() < 2:
         raise ValueError(f"x must be (N, C, ...), got shape {tuple(x.shape)}")
+    check_memory_format(memory_format, x)
     for name, v in (("weight", weight), ("bias", bias)):
         if v is None:
             raise ValueError(f"{name} must be a (C,) tensor, got None")

@@ -20,12 +20,12 @@ class DevicePolicy:
 
     memory_format: the layout of the models' weights and feature maps in fp32, and
     bf16_memory_format with ``--precision bf16``.
-    images_in_model_layout: G leaves its images in the models' layout and D's input dropout
-        writes its output in it (one pass either way), so D's first convolution reads the
-        layout of its weights: on a GPU a convolution whose input and weight layouts differ
-        converts the input inside the call, each way. Elsewhere images are channels-first:
-        with 1 or 3 channels a channels-last image fills few lanes of a CPU vector. The real
-        images are channels-first everywhere.
+    conv_inputs_in_model_layout: the fused ops that feed a convolution write their output in
+        the models' layout (one pass either way): D's input dropout on the channels-first
+        images, G's first batch-norm block on its dense layer's channels-first output; and G
+        leaves its images in it. On a GPU a convolution whose input and weight layouts differ
+        converts the input inside the call, each way. Elsewhere these stay channels-first:
+        with 1 or 3 channels a channels-last image fills few lanes of a CPU vector.
     subpixel_deconv: a transposed convolution with few output channels runs its forward as a
         convolution followed by ``pixel_shuffle`` (:mod:`ssgan.subpixel`).
     lr_dtype: the dtype of the learning-rate tensor that every device's fused Adam reads (a
@@ -41,7 +41,7 @@ class DevicePolicy:
     """
     memory_format: torch.memory_format
     bf16_memory_format: torch.memory_format
-    images_in_model_layout: bool
+    conv_inputs_in_model_layout: bool
     subpixel_deconv: bool
     lr_dtype: torch.dtype
     cuda_graph: bool
@@ -52,9 +52,11 @@ class DevicePolicy:
         """The models' memory format at ``--precision`` ``precision``."""
         return self.bf16_memory_format if precision == "bf16" else self.memory_format
 
-    def image_layout(self, precision: str) -> torch.memory_format:
-        """The layout of G's images and of D's input dropout's output at ``precision``."""
-        return self.layout(precision) if self.images_in_model_layout else torch.contiguous_format
+    def conv_input_layout(self, precision: str) -> torch.memory_format:
+        """The layout the models' fused ops write where they feed a convolution, and of G's
+        images, at ``precision``."""
+        return (self.layout(precision) if self.conv_inputs_in_model_layout
+                else torch.contiguous_format)
 
 
 # The CPU's entries were chosen by measurement on the CPU (docs/cpu-path.md; one pass and the
@@ -64,14 +66,14 @@ class DevicePolicy:
 # because every device does the same: Adam's fused implementation with a tensor lr.
 POLICIES: dict[str, DevicePolicy] = {
     "cpu": DevicePolicy(memory_format=torch.channels_last,
-                        bf16_memory_format=torch.channels_last, images_in_model_layout=False,
+                        bf16_memory_format=torch.channels_last, conv_inputs_in_model_layout=False,
                         subpixel_deconv=True,
                         lr_dtype=torch.float64, cuda_graph=False,
                         one_pass_discriminator=False, fused_batch_norm=True),
     # bf16 channels-last on a GPU, on paper: cuDNN's bf16 convolutions prefer it, and the fused
     # dropout's channels-last bf16 kernels meet their instruction budget (the gpu_compile tier)
     "cuda": DevicePolicy(memory_format=torch.contiguous_format,
-                         bf16_memory_format=torch.channels_last, images_in_model_layout=True,
+                         bf16_memory_format=torch.channels_last, conv_inputs_in_model_layout=True,
                          subpixel_deconv=False,
                          lr_dtype=torch.float32, cuda_graph=True,
                          one_pass_discriminator=True, fused_batch_norm=True),

@@ -97,8 +97,8 @@ class LeakyBlock(nn.Module):
                 update_stats: bool = True, seed: torch.Tensor | None = None,
                 memory_format: torch.memory_format | None = None) -> torch.Tensor:
         """``seed``: the dropout seed (a one-element int64 tensor), else one drawn per call.
-        ``memory_format``: the layout the fused dropout kernel writes (None: x's); the other
-        paths keep x's."""
+        ``memory_format``: the layout the fused kernels write (None: x's); ATen's batch norm and
+        leaky-ReLU keep x's."""
         p = self.p if self.training else 0.0
         if (self.bn is not None and self.bn.batch_statistics and policy(x.device).fused_batch_norm
                 and not distributed.current().active):
@@ -107,7 +107,7 @@ class LeakyBlock(nn.Module):
             return K.batch_norm_leaky_relu_dropout(
                 x, self.bn.weight, self.bn.bias, segments=segments, running_mean=running[0],
                 running_var=running[1], momentum=momentum, eps=self.bn.eps,
-                negative_slope=self.alpha, p=p, seed=seed)
+                negative_slope=self.alpha, p=p, seed=seed, memory_format=memory_format)
         if self.bn is not None:
             x = self.bn.normalize(x, segments, update_stats)
         if p == 0:
@@ -152,8 +152,8 @@ class Discriminator(nn.Module):
         self.classifier = nn.Linear(2 * m, num_classes + int(extra_class))
         # layers that --precision bf16 leaves in fp32 (ssgan.precision.mixed_precision)
         self.fp32_layers = ("classifier",)
-        # the layout the input dropout writes, conv1's input (DevicePolicy.image_layout)
-        self.input_layout = torch.contiguous_format
+        # the layout the input dropout writes, conv1's input (DevicePolicy.conv_input_layout)
+        self.conv_input_layout = torch.contiguous_format
 
     def set_eval_bn(self, mode: str) -> None:
         """``running`` or ``recalibrated`` (running statistics of real training data; the
@@ -194,7 +194,7 @@ class Discriminator(nn.Module):
         compares; x as in :meth:`forward`."""
         # one draw of every dropout seed per pass, not one launch per dropout call
         seeds = K.dropout_seeds(3, x.device) if self.training else [None] * 3
-        h = self.input_dropout(x, seed=seeds[0], memory_format=self.input_layout)
+        h = self.input_dropout(x, seed=seeds[0], memory_format=self.conv_input_layout)
         h = self.act1(self.conv1(h), seed=seeds[1])
         h = self.act2(self.conv2(h))
         h = self.act3(self.conv3(h), segments, update_stats, seeds[2])
@@ -227,7 +227,8 @@ class Discriminator(nn.Module):
 class Generator(nn.Module):
     """The notebook's generator: dense -> (4*m, s/8, s/8) -> three 5x5 stride-2 transposed
     convolutions -> tanh. z: float (B, z_dim). Returns float (B, C, s, s) in [-1, 1], in
-    ``image_layout`` (channels-first unless :func:`build_models` chose the models' layout)."""
+    ``conv_input_layout`` (channels-first unless :func:`build_models` chose the models'
+    layout)."""
 
     def __init__(self, z_dim: int = 100, out_channels: int = 3, image_size: int = 32,
                  size_mult: int = 32, alpha: float = 0.2):
@@ -244,26 +245,29 @@ class Generator(nn.Module):
         self.deconv2 = nn.ConvTranspose2d(2 * m, m, 5, 2, padding=2, output_padding=1)
         self.act2 = LeakyBlock(m, alpha)
         self.deconv3 = nn.ConvTranspose2d(m, out_channels, 5, 2, padding=2, output_padding=1)
-        # the images' layout, whatever the feature maps' (DevicePolicy.image_layout)
-        self.image_layout = torch.contiguous_format
+        # the layout of the dense output's batch-norm block and of the images, whatever the
+        # feature maps' (DevicePolicy.conv_input_layout)
+        self.conv_input_layout = torch.contiguous_format
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.dense(z).view(z.shape[0], -1, self.base, self.base)
-        h = self.act0(h)
+        h = self.act0(h, memory_format=self.conv_input_layout)
         h = self.act1(deconv(self.deconv1, h))
         h = self.act2(deconv(self.deconv2, h))
-        return torch.tanh(deconv(self.deconv3, h)).contiguous(memory_format=self.image_layout)
+        return torch.tanh(deconv(self.deconv3, h)).contiguous(
+            memory_format=self.conv_input_layout)
 
 
 def build_models(cfg: "TrainConfig", data: "Dataset", device: torch.device
                  ) -> tuple[Generator, Discriminator]:
     """G and D for ``cfg``'s widths and ``data``'s images and classes, on ``device`` in its
-    layout at its precision (``DevicePolicy.layout``; G's images and D's input dropout in
-    ``DevicePolicy.image_layout``), D with ``cfg.eval_bn``'s evaluation mode."""
+    layout at its precision (``DevicePolicy.layout``; the fused ops that feed a convolution,
+    and G's images, in ``DevicePolicy.conv_input_layout``), D with ``cfg.eval_bn``'s
+    evaluation mode."""
     g = Generator(cfg.z_dim, data.channels, data.image_size, cfg.g_size_mult, cfg.alpha)
     d = build_discriminator(cfg, data.channels, data.num_classes)
     layout = policy(device).layout(cfg.precision)
-    g.image_layout = d.input_layout = policy(device).image_layout(cfg.precision)
+    g.conv_input_layout = d.conv_input_layout = policy(device).conv_input_layout(cfg.precision)
     return g.to(device, memory_format=layout), d.to(device, memory_format=layout)
 
 

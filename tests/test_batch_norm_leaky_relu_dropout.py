@@ -93,6 +93,48 @@ def test_matches_the_fp64_twin(backend, device, dtype, shape, segments, layout):
         assert_close_to_truth(got.grad, want.grad, dtype, scale=20)
 
 
+# (shape, segments, input layout, requested output layout): G's dense output (channels-first
+# in, channels-last out), odd sizes, a strided input; fp64 by gradcheck, then the low
+# precisions against the fp64 twin
+SWAP_CASES = [((6, 8, 4, 4), (2, 4), "contiguous", torch.channels_last),
+              ((5, 3, 3, 5), (2, 1, 2), "channels_last", torch.contiguous_format),
+              ((4, 5, 3, 2), None, "strided", torch.channels_last)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, *LOW_PRECISION])
+@pytest.mark.parametrize("shape,segments,layout,memory_format", SWAP_CASES)
+def test_memory_format_writes_the_asked_layout(backend, device, dtype, shape, segments, layout,
+                                               memory_format):
+    """``memory_format``: y comes out in it, dy is read in it, dx keeps x's layout."""
+    inductor_diagonal(backend, SWAP_CASES.index((shape, segments, layout, memory_format)),
+                      [torch.float64, *LOW_PRECISION].index(dtype), 1 + len(LOW_PRECISION))
+    for _ in range(20):
+        x64, weight, bias = _inputs(shape, torch.float64, device, layout)
+        if _away_from_kink(x64, weight, bias, segments or (shape[0],)):
+            break
+    args = [t.to(dtype).detach().requires_grad_() for t in (x64, weight, bias)]
+    fn = lambda a, w, b: K.batch_norm_leaky_relu_dropout(a, w, b, segments=segments, eps=EPS,
+                                                         p=0.3, seed=11,
+                                                         memory_format=memory_format)
+    y = fn(*args)
+    assert K.backend_for(args[0]) == backend
+    assert y.is_contiguous(memory_format=memory_format) and y.dtype == dtype
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(fn, args, fast_mode=True)
+        return
+    dy = randn(*shape, dtype=torch.float64, device=device).contiguous(
+        memory_format=memory_format)
+    y.backward(dy.to(dtype))
+    truth_args = [t.detach().double().requires_grad_() for t in args]
+    truth = ref.batch_norm_leaky_relu_dropout(*truth_args, segments=segments, eps=EPS, p=0.3,
+                                              seed=11)
+    truth.backward(dy)
+    assert_close_to_truth(y, truth, dtype, scale=4)
+    assert args[0].grad.stride() == args[0].stride()
+    for got, want in zip(args, truth_args):
+        assert_close_to_truth(got.grad, want.grad, dtype, scale=20)
+
+
 def test_one_segment_is_stock_batch_norm_then_leaky_relu(backend, device):
     """Without dropout, one segment is nn.BatchNorm2d (training) and F.leaky_relu: output,
     every gradient and the running statistics."""
