@@ -69,7 +69,18 @@ def _describe(value: object) -> list:
         return ["float", value]
     if value is None:
         return ["none"]
+    if isinstance(value, tuple):   # a kernel taking a tuple of tensors (or of ints)
+        return ["tuple", [_describe(v) for v in value]]
     raise TypeError(f"cannot describe a launch argument of type {type(value).__name__}")
+
+
+def tensor_descriptions(descs: list) -> Iterator[list]:
+    """The tensor descriptions among recorded arguments, tuples' included."""
+    for d in descs:
+        if d[0] == "tuple":
+            yield from tensor_descriptions(d[1])
+        elif d[0] == "tensor":
+            yield d
 
 
 @contextlib.contextmanager
@@ -102,6 +113,8 @@ def _rebuild(desc: list) -> object:
         dtype = getattr(torch, desc[1])
         base = torch.empty(64, dtype=dtype)
         return base if desc[2] else base[1:]   # offset by one element: not 16-byte aligned
+    if kind == "tuple":
+        return tuple(_rebuild(d) for d in desc[1])
     return None if kind == "none" else desc[1]
 
 
@@ -204,7 +217,7 @@ def _disassembles(launch: dict, arch: int) -> bool:
 
 def _elements(launch: dict) -> int:
     """The size of the launch's largest tensor argument (elements)."""
-    return max((d[3] for d in launch["args"] if d[0] == "tensor"), default=0)
+    return max((d[3] for d in tensor_descriptions(launch["args"])), default=0)
 
 
 def compile_launches(launches: list[dict], archs: tuple[int, ...] = ARCHS,

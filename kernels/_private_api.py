@@ -21,6 +21,10 @@ Runtime (the package):
 - ``torch._assert_async``: the traced twins' target-range check, with no host read.
 - ``torch._foreach_lerp_``: the weight average's one-launch update.
 - ``torch._foreach_copy_``: a bf16 step's weight casts, one launch for all of a model's.
+- ``torch._foreach_add_``: the step counts of the mixed-precision Adam, one launch, as
+  PyTorch's Adam increments them.
+- ``Tensor._version``: whether a parameter changed since the mixed-precision Adam last wrote
+  its bf16 copy (an in-place op moves it; a Triton kernel's store does not).
 - ``torch.nn.utils.stateless._reparametrize_module`` (what ``torch.func.functional_call``
   runs): a bf16 step's model calls see the bf16 weights in place of the fp32 parameters.
 - ``torch._inductor.runtime.cache_dir_utils.cache_dir``: where Inductor caches, for the
@@ -137,7 +141,8 @@ __all__ = ["BackendCompilerFailed", "TorchDispatchMode", "assert_async", "clean_
            "foreach_copy_", "foreach_lerp_", "gpu_backend", "guards_hold", "inductor_cache_dir",
            "inductor_config", "inductor_counters", "launch_specialization", "make_fx",
            "no_buffer_donation", "replaced_launches", "select_decomp_table",
-           "tensors_swapped_in", "tree_leaves", "vector_isa_widths"]
+           "tensors_swapped_in", "tree_leaves", "vector_isa_widths", "foreach_add_",
+           "version_of"]
 
 
 
@@ -151,6 +156,16 @@ def _copy_each_(targets: list, sources: list) -> None:
         target.copy_(source)
 
 
+def _add_each_(targets: list, value: float) -> None:
+    for target in targets:
+        target.add_(value)
+
+
+def version_of(t: torch.Tensor) -> int:
+    """``t``'s version counter: it moves with every in-place ATen op on t."""
+    return t._version
+
+
 def _no_async_assert(condition: torch.Tensor, message: str) -> None:
     """Where this torch has no device-side assert, the traced check is skipped."""
 
@@ -158,6 +173,7 @@ def _no_async_assert(condition: torch.Tensor, message: str) -> None:
 assert_async = getattr(torch, "_assert_async", _no_async_assert)
 foreach_lerp_ = getattr(torch, "_foreach_lerp_", _lerp_each_)  # one launch for all tensors
 foreach_copy_ = getattr(torch, "_foreach_copy_", _copy_each_)  # one launch for all tensors
+foreach_add_ = getattr(torch, "_foreach_add_", _add_each_)  # one launch for all tensors
 
 
 def tensors_swapped_in(module: torch.nn.Module, tensors: dict[str, torch.Tensor]

@@ -592,3 +592,26 @@ def feature_matching(features_real: torch.Tensor, features_fake: torch.Tensor) -
     """The feature-matching loss; see ``ssgan.kernels.feature_matching``."""
     check_feature_matching_args(features_real, features_fake)
     return feature_matching_forward(features_real, features_fake)[0]
+
+
+# ---------------------------------------------------------------- mixed-precision Adam
+
+def mixed_precision_adam_(params: list[torch.Tensor], grads: list[torch.Tensor],
+                          exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
+                          copies: list[torch.Tensor], step: torch.Tensor, lr: torch.Tensor,
+                          beta1: float, beta2: float, eps: float) -> None:
+    """PyTorch's fused Adam update (no weight decay, no AMSGrad) in fp32, each gradient
+    widened to fp32, each updated parameter also written into its copy; see
+    ``ssgan.kernels.mixed_precision_adam_``."""
+    with torch.no_grad():
+        count = step.reshape(()).float()
+        step_size = lr.reshape(()).float() / (1 - beta1 ** count)
+        bias_correction2_sqrt = (1 - beta2 ** count).sqrt()
+        for param, grad, exp_avg, exp_avg_sq, copy in zip(params, grads, exp_avgs, exp_avg_sqs,
+                                                          copies):
+            grad = grad.float()
+            exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            param.sub_(step_size * exp_avg / (exp_avg_sq.sqrt() / bias_correction2_sqrt + eps))
+            if copy is not param:
+                copy.copy_(param)

@@ -32,6 +32,10 @@ class DevicePolicy:
         CUDA graph replays the kernel that reads it): CUDA's kernel reads float32; the CPU's
         reads a double, so float64 there keeps a scheduled lr exact.
     cuda_graph: ``--cuda-graph auto`` replays the training step from one CUDA graph.
+    adam_writes_bf16_copies: with ``--precision bf16``, the bf16 weight copies last from step
+        to step and Adam reads their bf16 gradients and writes them
+        (:func:`ssgan.precision.adam_step`, one launch per player), instead of a cast of the
+        weights and one of the gradients per step around PyTorch's fused Adam.
     one_pass_discriminator: the training step runs D once over its concatenated segments
         (real, fake[, labeled]) instead of once per segment: the same function (per-segment
         BatchNorm statistics), a third to a half of D's launches, larger convolutions.
@@ -45,6 +49,7 @@ class DevicePolicy:
     subpixel_deconv: bool
     lr_dtype: torch.dtype
     cuda_graph: bool
+    adam_writes_bf16_copies: bool
     one_pass_discriminator: bool
     fused_batch_norm: bool
 
@@ -62,20 +67,21 @@ class DevicePolicy:
 # The CPU's entries were chosen by measurement on the CPU (docs/cpu-path.md; one pass and the
 # fused batch norm: bench.train_step's --one-pass rows); the GPU's layout and sub-pixel entries
 # keep PyTorch's defaults until they are measured on a GPU, and its one pass and fused batch
-# norm were chosen by the static launch count (bench.gpu_static; docs/gpu.md). Not an entry,
-# because every device does the same: Adam's fused implementation with a tensor lr.
+# norm, its bf16 layouts and its Adam writing the bf16 copies by the static launch count
+# (bench.gpu_static; docs/gpu.md). Not an entry, because every device does the same in fp32:
+# Adam's fused implementation with a tensor lr.
 POLICIES: dict[str, DevicePolicy] = {
     "cpu": DevicePolicy(memory_format=torch.channels_last,
                         bf16_memory_format=torch.channels_last, conv_inputs_in_model_layout=False,
                         subpixel_deconv=True,
-                        lr_dtype=torch.float64, cuda_graph=False,
+                        lr_dtype=torch.float64, cuda_graph=False, adam_writes_bf16_copies=False,
                         one_pass_discriminator=False, fused_batch_norm=True),
     # bf16 channels-last on a GPU, on paper: cuDNN's bf16 convolutions prefer it, and the fused
     # dropout's channels-last bf16 kernels meet their instruction budget (the gpu_compile tier)
     "cuda": DevicePolicy(memory_format=torch.contiguous_format,
                          bf16_memory_format=torch.channels_last, conv_inputs_in_model_layout=True,
                          subpixel_deconv=False,
-                         lr_dtype=torch.float32, cuda_graph=True,
+                         lr_dtype=torch.float32, cuda_graph=True, adam_writes_bf16_copies=True,
                          one_pass_discriminator=True, fused_batch_norm=True),
 }
 

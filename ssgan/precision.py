@@ -4,9 +4,11 @@ accelerate's ``mixed_precision="bf16"`` mean it.
 bf16: the forward runs under ``torch.autocast`` in bfloat16, so convolutions and linear layers
 compute in bf16, on bf16 copies of their weights made for the step in one launch for both
 players, whose gradients go back in one launch too (autocast would cast each weight in a launch
-of its own, and each gradient back in another);
-master weights, the gradients handed to Adam and Adam's state stay fp32 (the
-parameters never change dtype); BatchNorm's statistics are accumulated in fp32 and its running
+of its own, and each gradient back in another). Where the device decides so (a GPU:
+``DevicePolicy.adam_writes_bf16_copies``) the copies last from step to step instead, and Adam
+reads their bf16 gradients and writes them (:class:`KeptCopies`, :func:`adam_step`): no cast
+at all. Master weights, the gradients Adam computes with (a bf16 one widened to fp32 in a
+register is its fp32 cast) and Adam's state stay fp32 (the parameters never change dtype); BatchNorm's statistics are accumulated in fp32 and its running
 statistics are fp32 buffers; the fused ops compute in fp32 and store bf16 activations; the GAN
 head, the losses and the feature-matching means are fp32. bf16 needs no loss scaling. bf16 is
 only fast where it is native, so a device without it is refused.
@@ -21,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ssgan.kernels._private_api import foreach_copy_, tensors_swapped_in
+import ssgan.kernels as K
+from ssgan.kernels._private_api import foreach_add_, foreach_copy_, tensors_swapped_in, version_of
 
 PRECISIONS = ("fp32", "bf16")
 # the CPU features that run bf16 natively (/proc/cpuinfo's names): AVX512-BF16 or AMX (x86),
@@ -113,8 +116,11 @@ BF16_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 class StepWeights:
     """The weights one step's forward ran with: ``copies`` maps each fp32 parameter that ran
     as a bf16 copy to that copy, a leaf of the step's graph (empty in fp32). The step
-    differentiates the leaves, then hands the parameters fp32 gradients."""
+    differentiates the leaves, then hands the parameters fp32 gradients, or, where
+    ``kept`` (:class:`KeptCopies`), hands the optimizer the bf16 gradients
+    (:func:`adam_step`)."""
     copies: dict[torch.Tensor, torch.Tensor]
+    kept: "KeptCopies | None" = None
 
     def leaves(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """What to differentiate for ``params``: each one's bf16 copy where it ran as one."""
@@ -144,25 +150,84 @@ def _bf16_params(model: nn.Module) -> dict[str, nn.Parameter]:
             for name, param in layer.named_parameters(recurse=False)}
 
 
+class KeptCopies:
+    """bf16 copies of ``models``' convolution and linear weights that last from step to step:
+    :func:`adam_step` writes them as it updates the fp32 weights, so a step starts without a
+    cast. A weight changed any other way (a checkpoint, a broadcast, an in-place op) moves its
+    version counter, and :meth:`refresh` then copies every weight again, in one launch."""
+
+    def __init__(self, *models: nn.Module):
+        self.named = [_bf16_params(model) for model in models]
+        self.masters = [param for params in self.named for param in params.values()]
+        self.copies = [torch.empty_like(param, dtype=torch.bfloat16).requires_grad_()
+                       for param in self.masters]
+        self._synced: list[int] | None = None
+
+    def refresh(self) -> None:
+        """Copies the weights again unless none changed since the copies were last written."""
+        if [version_of(p) for p in self.masters] != self._synced:
+            with torch.no_grad():
+                foreach_copy_(self.copies, self.masters)
+            self.mark_synced()
+
+    def mark_synced(self) -> None:
+        """Records that the copies hold the weights as they are now."""
+        self._synced = [version_of(p) for p in self.masters]
+
+
+def adam_step(opt: torch.optim.Adam, params: Sequence[torch.Tensor],
+              grads: Sequence[torch.Tensor], weights: StepWeights) -> None:
+    """``opt``'s step (PyTorch's Adam: one param group, no weight decay, no AMSGrad) for
+    ``params`` from ``grads`` (those of ``weights.leaves(params)``: bf16 where a parameter ran
+    as a kept copy), as :func:`ssgan.kernels.mixed_precision_adam_`: one launch that updates
+    the fp32 weights and Adam's state in ``opt.state`` (so checkpoints are unchanged) and
+    writes the kept copies, after one launch for the step counts."""
+    group = opt.param_groups[0]
+    if (len(opt.param_groups) != 1 or group["weight_decay"] or group["amsgrad"]
+            or group["maximize"]):
+        raise ValueError("adam_step runs plain Adam: one param group, no weight decay, "
+                         "AMSGrad or maximize")
+    for param in params:
+        state = opt.state[param]
+        if not state:  # as PyTorch's fused Adam starts a parameter's state
+            state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    states = [opt.state[param] for param in params]
+    foreach_add_([state["step"] for state in states], 1)
+    beta1, beta2 = group["betas"]
+    K.mixed_precision_adam_(params, grads, [state["exp_avg"] for state in states],
+                            [state["exp_avg_sq"] for state in states],
+                            [weights.copies.get(param, param) for param in params],
+                            states[0]["step"], group["lr"], beta1=beta1, beta2=beta2,
+                            eps=group["eps"])
+    weights.kept.mark_synced()
+
+
 @contextlib.contextmanager
-def mixed_precision(precision: str, device: torch.device,
-                    *models: nn.Module) -> Iterator[StepWeights]:
+def mixed_precision(precision: str, device: torch.device, *models: nn.Module,
+                    kept: KeptCopies | None = None) -> Iterator[StepWeights]:
     """The context a training step's forward runs in; it yields the step's
     :class:`StepWeights`. ``fp32``: nothing. ``bf16``: autocast, and within it every
     convolution and linear layer of ``models`` (but a model's ``fp32_layers``) computes with a
-    bf16 copy of its fp32 weights, made for the block in one launch for all models. The copies
-    are leaves, so each model's gradients reach only its own copies, which
-    :meth:`StepWeights.master_grads` casts back in one launch for all."""
+    bf16 copy of its fp32 weights: ``kept``'s (refreshed where a weight changed), else made
+    for the block in one launch for all models. The copies are leaves, so each model's
+    gradients reach only its own copies, which :meth:`StepWeights.master_grads` casts back in
+    one launch for all (or :func:`adam_step` reads as they are)."""
     if precision != "bf16":
         yield StepWeights({})
         return
-    named = [_bf16_params(model) for model in models]
-    masters = [param for params in named for param in params.values()]
-    with torch.no_grad():
-        copies = [torch.empty_like(param, dtype=step_dtype(precision)) for param in masters]
-        foreach_copy_(copies, masters)
+    if kept is not None:
+        kept.refresh()
+        named, masters, copies = kept.named, kept.masters, kept.copies
+    else:
+        named = [_bf16_params(model) for model in models]
+        masters = [param for params in named for param in params.values()]
+        with torch.no_grad():
+            copies = [torch.empty_like(param, dtype=step_dtype(precision)) for param in masters]
+            foreach_copy_(copies, masters)
     weights = StepWeights({master: copy.requires_grad_()
-                           for master, copy in zip(masters, copies)})
+                           for master, copy in zip(masters, copies)}, kept)
     with autocast(precision, device), contextlib.ExitStack() as swaps:
         for model, params in zip(models, named):
             swaps.enter_context(tensors_swapped_in(

@@ -35,7 +35,8 @@ from ssgan.devices import policy, resolve_device
 from ssgan.evaluation import accuracy, eval_batch_size, eval_bn_statistics
 from ssgan.losses import discriminator_loss, feature_matching_loss, head_weights
 from ssgan.models import Discriminator, build_models
-from ssgan.precision import StepWeights, check_precision, mixed_precision, step_dtype
+from ssgan.precision import (KeptCopies, StepWeights, adam_step, check_precision,
+                             mixed_precision, step_dtype)
 
 __all__ = ["METRIC_FIELDS", "TrainConfig", "Trainer", "TrainingError", "adam", "config_for",
            "scheduled_lr", "simultaneous_update", "train"]
@@ -85,6 +86,10 @@ def simultaneous_update(d_loss: torch.Tensor, g_loss: torch.Tensor, d: torch.nn.
     d_params, g_params = list(d.parameters()), list(g.parameters())
     d_grads = torch.autograd.grad(d_loss, weights.leaves(d_params), retain_graph=True)
     g_grads = torch.autograd.grad(g_loss, weights.leaves(g_params))
+    if weights.kept is not None:  # Adam reads the bf16 gradients and writes the bf16 copies
+        adam_step(opt_d, d_params, d_grads, weights)
+        adam_step(opt_g, g_params, g_grads, weights)
+        return
     params = [*d_params, *g_params]
     _set_gradients(params, weights.master_grads(params, [*d_grads, *g_grads]))
     opt_d.step()
@@ -134,6 +139,11 @@ class Trainer:
         self.head_weights = head_weights(cfg.unlabeled_weight, cfg.entropy_weight, self.device)
         self.opt_d = adam(self.d.parameters(), self.lr, cfg.beta1)
         self.opt_g = adam(self.g.parameters(), self.lr, cfg.beta1)
+        # bf16 copies that Adam keeps up to date, where the device decides so (one process:
+        # torchrun averages the gradients in fp32 first)
+        self.kept_copies = (KeptCopies(self.d, self.g) if cfg.precision == "bf16"
+                            and policy(self.device).adam_writes_bf16_copies
+                            and not self.group.active else None)
         # evaluation uses an exponential moving average of D's weights when --ema-decay > 0;
         # its BatchNorm buffers are averaged too (recalibrated evaluation re-estimates them)
         self.d_ema = WeightAverage(self.d, cfg.ema_decay) if cfg.ema_decay else None
@@ -199,7 +209,8 @@ class Trainer:
         the configured ``--precision`` (:mod:`ssgan.precision`), the update in fp32."""
         if self.cfg.supervised_only:
             return self._supervised_step(idx)
-        with mixed_precision(self.cfg.precision, self.device, self.d, self.g) as weights:
+        with mixed_precision(self.cfg.precision, self.device, self.d, self.g,
+                             kept=self.kept_copies) as weights:
             losses = self._losses(idx)
         simultaneous_update(losses["d_loss"], losses["g_loss"], self.d, self.g, self.opt_d,
                             self.opt_g, weights)
