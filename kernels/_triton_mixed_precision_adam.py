@@ -14,7 +14,7 @@ BLOCK = 1024  # elements per program
 
 
 # (not ``params``: Triton's generated argument binder has a local of that name)
-@triton.jit
+@triton.jit(do_not_specialize=["numels", "starts"])
 def _adam_kernel(weights, grads, exp_avgs, exp_avg_sqs, copies, numels, starts, step_ptr, lr_ptr,
                  BETA1: tl.constexpr, BETA2: tl.constexpr, EPS: tl.constexpr,
                  TENSORS: tl.constexpr, BLOCK: tl.constexpr):

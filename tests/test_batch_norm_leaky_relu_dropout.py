@@ -94,20 +94,22 @@ def test_matches_the_fp64_twin(backend, device, dtype, shape, segments, layout):
 
 
 # (shape, segments, input layout, requested output layout): G's dense output (channels-first
-# in, channels-last out), odd sizes, a strided input; fp64 by gradcheck, then the low
-# precisions against the fp64 twin
+# in, channels-last out), odd sizes, a strided input; fp64 by gradcheck, then fp32 and bf16
+# (the bf16 step's) against the fp64 twin: the swap changes addresses only, and the other
+# tests run every dtype
 SWAP_CASES = [((6, 8, 4, 4), (2, 4), "contiguous", torch.channels_last),
               ((5, 3, 3, 5), (2, 1, 2), "channels_last", torch.contiguous_format),
               ((4, 5, 3, 2), None, "strided", torch.channels_last)]
+SWAP_DTYPES = [torch.float64, torch.float32, torch.bfloat16]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, *LOW_PRECISION])
+@pytest.mark.parametrize("dtype", SWAP_DTYPES)
 @pytest.mark.parametrize("shape,segments,layout,memory_format", SWAP_CASES)
 def test_memory_format_writes_the_asked_layout(backend, device, dtype, shape, segments, layout,
                                                memory_format):
     """``memory_format``: y comes out in it, dy is read in it, dx keeps x's layout."""
     inductor_diagonal(backend, SWAP_CASES.index((shape, segments, layout, memory_format)),
-                      [torch.float64, *LOW_PRECISION].index(dtype), 1 + len(LOW_PRECISION))
+                      SWAP_DTYPES.index(dtype), len(SWAP_DTYPES))
     for _ in range(20):
         x64, weight, bias = _inputs(shape, torch.float64, device, layout)
         if _away_from_kink(x64, weight, bias, segments or (shape[0],)):

@@ -96,19 +96,18 @@ def test_bad_arguments_are_clear_errors(change, match):
         K.mixed_precision_adam_(**args, beta1=0.5)
 
 
-@pytest.mark.parametrize("kernels", ["triton", "torch"])
-def test_the_step_with_kept_copies_equals_the_step_that_casts(tmp_path, kernels):
+def test_the_step_with_kept_copies_equals_the_step_that_casts(tmp_path):
     """Where the device keeps the bf16 copies (a GPU's decision, taken here on the CPU), Adam
     reads the bf16 gradients and writes the copies. From the same state and batch, one step
     equals the step that casts the weights and gradients each way: the same losses, weights
     and Adam state to fp32 rounding (the two Adams differ in the last bits). Over later steps
     the copies stay the weights in bf16, and a weight changed elsewhere (a checkpoint) is
-    copied again before the next step."""
+    copied again before the next step. On the kernel path (the twin's is the op's test)."""
     trainers = {}
     for kept in (False, True):
         with devices.decisions_of("cpu", adam_writes_bf16_copies=kept):
             trainers[kept] = T.Trainer(tiny_config(tmp_path / str(kept), precision="bf16",
-                                                   kernels=kernels, **IMPROVED_KNOBS),
+                                                   kernels="triton", **IMPROVED_KNOBS),
                                        tiny_dataset())
     cast, fused = trainers[False], trainers[True]
     assert cast.kept_copies is None and fused.kept_copies is not None
