@@ -63,7 +63,8 @@ def test_gradients_in_other_strides_are_read_in_the_weights_layout(device, monke
     monkeypatch.setenv("SSGAN_KERNELS", "triton")
     params, copies = _tensors(device)
     before = [p.clone() for p in params]
-    grads = [randn(*p.shape, device=device) for p in params]   # channels-first conv grads
+    # channels-first conv gradients, bf16 where the weight has a copy (as the step hands them)
+    grads = [randn(*p.shape, device=device).to(c.dtype) for p, c in zip(params, copies)]
     state = [[torch.zeros_like(p) for p in params] for _ in range(2)]
     one = torch.ones((), device=device)
     K.mixed_precision_adam_(params, grads, *state, copies, one, one * 1e-2, beta1=0.9)
