@@ -18,6 +18,8 @@ from .masked_cross_entropy import masked_cross_entropy
 from .mixed_precision_adam import mixed_precision_adam_
 from . import reference
 
-__all__ = ["BACKENDS", "batch_norm_leaky_relu_dropout", "backend_for", "requested_backend", "set_backend", "use_backend", "leaky_relu_dropout",
-           "feature_matching", "gan_logits", "gan_loss_head", "masked_cross_entropy", "reference", "deferred_target_checks",
-           "DeferredTargetCheck", "dropout_seeds", "mixed_precision_adam_"]
+__all__ = ["BACKENDS", "DeferredTargetCheck", "backend_for", "batch_norm_leaky_relu_dropout",
+           "deferred_target_checks", "dropout_seeds", "feature_matching", "gan_logits",
+           "gan_loss_head", "leaky_relu_dropout", "masked_cross_entropy",
+           "mixed_precision_adam_", "reference", "requested_backend", "set_backend",
+           "use_backend"]

@@ -45,8 +45,8 @@ def _check(params, grads, exp_avgs, exp_avg_sqs, copies, step, lr) -> None:
 
 
 def _dense(t: torch.Tensor) -> bool:
-    """Whether t's elements fill its memory in one of the two layouts the models use."""
-    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+    """Whether t's elements fill its memory in one of the two layouts the ops run natively."""
+    return t.is_contiguous() or (t.dim() > 2 and reference.has_channels_last_strides(t))
 
 
 def _same_strides(tensors: list[torch.Tensor], like: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -6,12 +6,13 @@ compute in bf16, on bf16 copies of their weights made for the step in one launch
 players, whose gradients go back in one launch too (autocast would cast each weight in a launch
 of its own, and each gradient back in another). Where the device decides so (a GPU:
 ``DevicePolicy.adam_writes_bf16_copies``) the copies last from step to step instead, and Adam
-reads their bf16 gradients and writes them (:class:`KeptCopies`, :func:`adam_step`): no cast
+reads their bf16 gradients and writes them (:class:`WeightCopies`, :func:`adam_step`): no cast
 at all. Master weights, the gradients Adam computes with (a bf16 one widened to fp32 in a
-register is its fp32 cast) and Adam's state stay fp32 (the parameters never change dtype); BatchNorm's statistics are accumulated in fp32 and its running
-statistics are fp32 buffers; the fused ops compute in fp32 and store bf16 activations; the GAN
-head, the losses and the feature-matching means are fp32. bf16 needs no loss scaling. bf16 is
-only fast where it is native, so a device without it is refused.
+register is its fp32 cast) and Adam's state stay fp32 (the parameters never change dtype);
+BatchNorm's statistics are accumulated in fp32 and its running statistics are fp32 buffers; the
+fused ops compute in fp32 and store bf16 activations; the GAN head, the losses and the
+feature-matching means are fp32. bf16 needs no loss scaling. bf16 is only fast where it is
+native, so a device without it is refused.
 """
 from __future__ import annotations
 
@@ -117,10 +118,10 @@ class StepWeights:
     """The weights one step's forward ran with: ``copies`` maps each fp32 parameter that ran
     as a bf16 copy to that copy, a leaf of the step's graph (empty in fp32). The step
     differentiates the leaves, then hands the parameters fp32 gradients, or, where
-    ``kept`` (:class:`KeptCopies`), hands the optimizer the bf16 gradients
+    ``kept`` (:class:`WeightCopies`), hands the optimizer the bf16 gradients
     (:func:`adam_step`)."""
     copies: dict[torch.Tensor, torch.Tensor]
-    kept: "KeptCopies | None" = None
+    kept: "WeightCopies | None" = None
 
     def leaves(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """What to differentiate for ``params``: each one's bf16 copy where it ran as one."""
@@ -150,25 +151,27 @@ def _bf16_params(model: nn.Module) -> dict[str, nn.Parameter]:
             for name, param in layer.named_parameters(recurse=False)}
 
 
-class KeptCopies:
-    """bf16 copies of ``models``' convolution and linear weights that last from step to step:
-    :func:`adam_step` writes them as it updates the fp32 weights, so a step starts without a
-    cast. A weight changed any other way (a checkpoint, a broadcast, an in-place op) moves its
-    version counter, and :meth:`refresh` then copies every weight again, in one launch."""
+class WeightCopies:
+    """bf16 copies of ``models``' convolution and linear weights (but their ``fp32_layers``),
+    leaves of the step's graph. Made for one step, or kept from step to step where
+    :func:`adam_step` writes them as it updates the fp32 weights. A weight changed any other
+    way (a checkpoint, a broadcast, an in-place op) moves its version counter, and
+    :meth:`refresh` then copies every weight again, in one launch."""
 
-    def __init__(self, *models: nn.Module):
+    def __init__(self, *models: nn.Module, dtype: torch.dtype = torch.bfloat16):
         self.named = [_bf16_params(model) for model in models]
         self.masters = [param for params in self.named for param in params.values()]
-        self.copies = [torch.empty_like(param, dtype=torch.bfloat16).requires_grad_()
+        self.copies = [torch.empty_like(param, dtype=dtype).requires_grad_()
                        for param in self.masters]
-        self._synced: list[int] | None = None
+        self._synced: list[int] | None = None   # the weights' versions the copies hold
 
     def refresh(self) -> None:
         """Copies the weights again unless none changed since the copies were last written."""
-        if [version_of(p) for p in self.masters] != self._synced:
+        versions = [version_of(p) for p in self.masters]
+        if versions != self._synced:
             with torch.no_grad():
                 foreach_copy_(self.copies, self.masters)
-            self.mark_synced()
+            self._synced = versions   # the copy moves the copies' versions, not the weights'
 
     def mark_synced(self) -> None:
         """Records that the copies hold the weights as they are now."""
@@ -206,7 +209,7 @@ def adam_step(opt: torch.optim.Adam, params: Sequence[torch.Tensor],
 
 @contextlib.contextmanager
 def mixed_precision(precision: str, device: torch.device, *models: nn.Module,
-                    kept: KeptCopies | None = None) -> Iterator[StepWeights]:
+                    kept: WeightCopies | None = None) -> Iterator[StepWeights]:
     """The context a training step's forward runs in; it yields the step's
     :class:`StepWeights`. ``fp32``: nothing. ``bf16``: autocast, and within it every
     convolution and linear layer of ``models`` (but a model's ``fp32_layers``) computes with a
@@ -217,19 +220,11 @@ def mixed_precision(precision: str, device: torch.device, *models: nn.Module,
     if precision != "bf16":
         yield StepWeights({})
         return
-    if kept is not None:
-        kept.refresh()
-        named, masters, copies = kept.named, kept.masters, kept.copies
-    else:
-        named = [_bf16_params(model) for model in models]
-        masters = [param for params in named for param in params.values()]
-        with torch.no_grad():
-            copies = [torch.empty_like(param, dtype=step_dtype(precision)) for param in masters]
-            foreach_copy_(copies, masters)
-    weights = StepWeights({master: copy.requires_grad_()
-                           for master, copy in zip(masters, copies)}, kept)
+    copies = kept if kept is not None else WeightCopies(*models, dtype=step_dtype(precision))
+    copies.refresh()
+    weights = StepWeights(dict(zip(copies.masters, copies.copies)), kept)
     with autocast(precision, device), contextlib.ExitStack() as swaps:
-        for model, params in zip(models, named):
+        for model, params in zip(models, copies.named):
             swaps.enter_context(tensors_swapped_in(
                 model, {name: weights.copies[param] for name, param in params.items()}))
         yield weights

@@ -35,7 +35,7 @@ from ssgan.devices import policy, resolve_device
 from ssgan.evaluation import accuracy, eval_batch_size, eval_bn_statistics
 from ssgan.losses import discriminator_loss, feature_matching_loss, head_weights
 from ssgan.models import Discriminator, build_models
-from ssgan.precision import (KeptCopies, StepWeights, adam_step, check_precision,
+from ssgan.precision import (WeightCopies, StepWeights, adam_step, check_precision,
                              mixed_precision, step_dtype)
 
 __all__ = ["METRIC_FIELDS", "TrainConfig", "Trainer", "TrainingError", "adam", "config_for",
@@ -141,7 +141,7 @@ class Trainer:
         self.opt_g = adam(self.g.parameters(), self.lr, cfg.beta1)
         # bf16 copies that Adam keeps up to date, where the device decides so (one process:
         # torchrun averages the gradients in fp32 first)
-        self.kept_copies = (KeptCopies(self.d, self.g) if cfg.precision == "bf16"
+        self.kept_copies = (WeightCopies(self.d, self.g) if cfg.precision == "bf16"
                             and policy(self.device).adam_writes_bf16_copies
                             and not self.group.active else None)
         # evaluation uses an exponential moving average of D's weights when --ema-decay > 0;
