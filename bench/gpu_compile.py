@@ -32,6 +32,7 @@ import torch
 
 from ssgan.kernels import _private_api as private
 
+
 def _kernel_modules() -> tuple[str, ...]:
     """Every op's Triton module: ``kernels/_triton_<op>.py``, one per op."""
     import ssgan.kernels

@@ -2,9 +2,10 @@
 
 Every kernel specialization that a training step (the notebook's SVHN step and the improved
 MNIST step, batch 128, the GPU's channels-first layout) and ``bench.kernels`` (fp32, bf16,
-fp16; bf16 in channels-last too) launch is recorded in Triton's interpreter without running it, compiled for sm_90 and
-sm_80 on this CPU (``bench.gpu_compile``), and read back from the cubin: registers, spills,
-shared memory, SASS instructions. From those it estimates, per specialization:
+fp16; bf16 in channels-last too) launch is recorded in Triton's interpreter without running
+it, compiled for sm_90 and sm_80 on this CPU (``bench.gpu_compile``), and read back from the
+cubin: registers, spills, shared memory, SASS instructions. From those it estimates, per
+specialization:
 
 - SASS instructions per element: static instructions per thread / elements per thread (for the
   row kernels, per element of one (rows x columns) tile: their column loop makes the dynamic
@@ -14,10 +15,10 @@ shared memory, SASS instructions. From those it estimates, per specialization:
   instructions / issue rate, plus a launch floor.
 
 For one training step of each recipe it counts kernel launches and HBM bytes on the fused path
-and on the stock-PyTorch path (``bench/stock.py``), on the CPU: a ``TorchDispatchMode`` sees every ATen op
-(views and allocations launch nothing; every other op counts as one launch that reads its
-inputs and writes its outputs once), and every Triton launch counts as one launch moving the
-bytes its kernel must move.
+and on the stock-PyTorch path (``bench/stock.py``), on the CPU: a ``TorchDispatchMode`` sees
+every ATen op (views and allocations launch nothing; every other op counts as one launch that
+reads its inputs and writes its outputs once), and every Triton launch counts as one launch
+moving the bytes its kernel must move.
 
 Output: ``gpu_static.csv`` (every specialization, both archs), ``gpu_static_step.csv``,
 ``gpu_static.md`` and ``gpu_static.png`` under ``bench/results/static/``.
@@ -414,8 +415,8 @@ def plot(rows: list[dict], path: Path) -> None:
     per_byte = H100["thread_instructions_per_s"] / H100["hbm_bytes_per_s"]
     for i, (bpe, label) in enumerate(((8, "fp32 forward"), (4, "bf16 forward"))):
         ax.axvline(per_byte * bpe, ls=":", color="gray")
-        ax.text(per_byte * bpe, len(lrd) * (0.3 + 0.4 * i), f" {label}:\n memory-bound\n below this",
-                fontsize=7, color="gray")
+        ax.text(per_byte * bpe, len(lrd) * (0.3 + 0.4 * i),
+                f" {label}:\n memory-bound\n below this", fontsize=7, color="gray")
     ax.set_yticks(range(len(lrd)), labels, fontsize=6)
     ax.set_xlabel("SASS instructions per element (sm_90, static)")
     ax.set_title("leaky_relu_dropout specializations (red: dropout). STATIC MODEL, not measured")

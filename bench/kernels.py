@@ -145,8 +145,8 @@ def mce_case(label, batch, cols, dtype, device, compile_backend, with_reference=
 
     size = torch.finfo(dtype).bits // 8
     return Case("masked_cross_entropy", f"classes={cols}", label, (batch, cols), ROWS, make,
-                _providers(K.masked_cross_entropy, stock.masked_cross_entropy, ref.masked_cross_entropy,
-                           compile_backend, with_reference),
+                _providers(K.masked_cross_entropy, stock.masked_cross_entropy,
+                           ref.masked_cross_entropy, compile_backend, with_reference),
                 bytes_fwd=batch * (cols * size + 8 + 1 + 4),
                 bytes_bwd=batch * (2 * cols * size + 8 + 1 + 4))
 

@@ -267,7 +267,8 @@ def plot(rows: list[dict], path) -> None:
     plt.close(fig)
 
 
-TABLE = {"variant": "variant", "recipe": "recipe", "batch": "batch", "ms_per_step": "ms/step (median)",
+TABLE = {"variant": "variant", "recipe": "recipe", "batch": "batch",
+         "ms_per_step": "ms/step (median)",
          "speedup_vs_stock": "vs stock", "speedup_vs_stock+compile": "vs stock+compile",
          "speedup_vs_best_stock": "vs best stock", "best_stock": "best stock",
          "warmup_s": "first step, s", "peak_mem_mb": "peak MB", "pct_peak":

@@ -145,7 +145,6 @@ __all__ = ["BackendCompilerFailed", "TorchDispatchMode", "assert_async", "clean_
            "version_of"]
 
 
-
 def _lerp_each_(targets: list, ends: list, weight: float) -> None:
     for target, end in zip(targets, ends):
         target.lerp_(end, weight)

@@ -57,7 +57,8 @@ def _reduction_tile(j, start, count, c, C, S, CHANNELS_LAST: tl.constexpr):
 
 # the segments' count and ends and the batch size change with the recipe and the shard, and
 # only select a segment: specializing on them (divisibility by 16, == 1, or a constexpr
-# segment count) would multiply the binaries for nothing. C and S stay specialized: they form the addresses.
+# segment count) would multiply the binaries for nothing. C and S stay specialized: they form
+# the addresses.
 SEGMENT_ENDS = ["B1", "B2", "B3", "num_segments"]
 
 

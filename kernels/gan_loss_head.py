@@ -15,6 +15,7 @@ import torch
 from . import _checks, _inductor, _target_checks, _transforms, reference
 from ._backend import backend_for, call_op, triton_module
 
+
 def _forward_inductor(logits, target, weight, segments, extra_class):
     return _inductor.call(reference.gan_loss_head_forward, logits.contiguous(), target, weight,
                           segments, extra_class)

@@ -39,7 +39,6 @@ def _as_ncs(t: torch.Tensor) -> torch.Tensor:
     return t.view(n, c, -1) if n * c else t.reshape(n, c, 0)
 
 
-
 def _forward_inductor(x, scale, shift, seed, negative_slope, p, swap_layout):
     x_run = _inductor_layout(x)
     y = _inductor.call(reference.leaky_relu_dropout_forward, _as_ncs(x_run), scale, shift,

@@ -164,7 +164,8 @@ def leaky_relu_dropout(x: torch.Tensor, *, negative_slope: float = 0.2, p: float
                        training: bool = True, seed: int | torch.Tensor | None = None,
                        scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
                        memory_format: torch.memory_format | None = None) -> torch.Tensor:
-    """``dropout_p(leaky_relu(x * scale[c] + shift[c]))``; see ``ssgan.kernels.leaky_relu_dropout``."""
+    """``dropout_p(leaky_relu(x * scale[c] + shift[c]))``; see
+    ``ssgan.kernels.leaky_relu_dropout``."""
     check_leaky_relu_dropout_args(x, p, scale, shift, memory_format)
     drop = float(p) if training else 0.0
     seed_tensor = _checks.resolve_seed(seed, x.device) if drop > 0 else None

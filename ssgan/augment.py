@@ -14,9 +14,9 @@ def random_translate(images: torch.Tensor, max_shift: int,
 
     images: uint8 (or any dtype) (B, C, H, W) on any device. Returns the same shape and dtype on
     the same device, contiguous. ``max_shift=0`` returns ``images`` unchanged. Across
-    torchrun's ranks (:func:`ssgan.distributed.current`), ``images`` are this rank's shard of a global batch of
-    ``B * group.world``: the shifts of the whole batch are drawn and this rank's kept, so N
-    ranks shift as one process would."""
+    torchrun's ranks (:func:`ssgan.distributed.current`), ``images`` are this rank's shard of
+    a global batch of ``B * group.world``: the shifts of the whole batch are drawn and this
+    rank's kept, so N ranks shift as one process would."""
     if max_shift < 0:
         raise ValueError(f"--augment-shift must be >= 0, got {max_shift}")
     if max_shift == 0:

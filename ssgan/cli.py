@@ -23,6 +23,7 @@ from ssgan.predict import predict
 from ssgan.models import EVAL_BN_MODES, Generator
 from ssgan.train import Trainer, TrainingError
 
+
 def _shown_default(f: dataclasses.Field) -> str:
     """' (default: X)', plus each other recipe's value where it differs from X."""
     default = getattr(TrainConfig(), f.name)

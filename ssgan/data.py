@@ -288,8 +288,9 @@ def load_image_folder(root: str | Path, *, image_size: int = 32, channels: int =
     samples = _scan(root, class_to_idx)
     empty = sorted(set(class_names) - {class_names[label] for _, label in samples})
     if empty:
-        raise DataError(f"class folder{'s' if len(empty) > 1 else ''} "
-                        f"{', '.join(str(root / c) for c in empty)} hold{'' if len(empty) > 1 else 's'} "
+        plural = len(empty) > 1
+        raise DataError(f"class folder{'s' if plural else ''} "
+                        f"{', '.join(str(root / c) for c in empty)} hold{'' if plural else 's'} "
                         f"no images ({', '.join(tv_folder.IMG_EXTENSIONS)}): a class without "
                         "examples can never be learned; add images or remove the folder")
     if (root / "unlabeled").is_dir():

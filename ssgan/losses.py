@@ -27,10 +27,10 @@ def discriminator_loss(head: torch.Tensor, weights: torch.Tensor,
     + entropy_weight * entropy, from ``head``, the (6,) float32 terms of
     :func:`ssgan.kernels.gan_loss_head`, and ``weights``, :func:`head_weights` of those two
     weights, as one dot product: one launch each way, where summing the terms picked out of
-    ``head`` costs a launch per term and a stack in the backward. ``supervised_share`` rescales this batch's CE
-    mean to its share of a larger batch's (:meth:`ssgan.distributed.Group.labeled_share`).
-    Returns the terms by name (detached: they are reported, not differentiated), the
-    supervised one rescaled, and ``d_loss``."""
+    ``head`` costs a launch per term and a stack in the backward. ``supervised_share``
+    rescales this batch's CE mean to its share of a larger batch's
+    (:meth:`ssgan.distributed.Group.labeled_share`). Returns the terms by name (detached:
+    they are reported, not differentiated), the supervised one rescaled, and ``d_loss``."""
     losses = dict(zip(K.reference.HEAD_OUTPUTS, head.detach()))
     d_loss = torch.dot(head, weights)
     if supervised_share is not None:

@@ -28,7 +28,6 @@ CHURN = textwrap.dedent("""
 """)
 
 
-
 # glibc's initial thresholds (128 KiB), held fixed: left alone, glibc raises its mmap threshold
 # to the size of each mmapped chunk freed, so whether a run faults depends on its history
 GLIBC_INITIAL = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
