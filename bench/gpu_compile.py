@@ -170,20 +170,23 @@ def _compile_one(job: tuple[str, int, dict, bool]) -> dict:
             "num_warps": compiled.metadata.num_warps, "shared_bytes": compiled.metadata.shared}
 
 
-def specialization_key(name: str, launch: dict, structural: bool = False) -> str:
+def specialization_key(name: str, launch: dict, structural: bool = False) -> tuple[str, str]:
     """Launches that differ only in integer values Triton does not specialize on compile to
-    the same binary; this key (computed for sm_90) tells them apart.
+    the same binary; this key (computed for sm_90) tells them apart: (the kernel with its
+    signature and constants, its arguments' alignment).
 
     ``structural``: also ignore the values of float constants (slope, p, 1/(1-p)), which only
     change immediates in the same instruction stream (p == 0 is a separate flag). A launch
-    that says ``"any_alignment": True`` stands for its kernel at every alignment: those that
-    differ only in which arguments are 16-byte aligned (or divisible by 16) share one key."""
+    that says ``"any_alignment": True`` stands for its kernel at every alignment (which
+    arguments are 16-byte aligned or divisible by 16): its alignment is ``"any"``, and
+    :func:`compile_distinct` compiles it at the alignment of another launch of the same
+    specialization where there is one."""
     kernel = _launchable_kernels()[name]
     _, signature, constexprs, attrs = _specialization(kernel, launch, private.gpu_backend(90))
     if structural:
         constexprs = {k: "float" if isinstance(v, float) else v for k, v in constexprs.items()}
-    alignment = "any" if launch.get("any_alignment") else sorted(attrs.items())
-    return repr((name, sorted(signature.items()), sorted(constexprs.items()), alignment))
+    alignment = "any" if launch.get("any_alignment") else repr(sorted(attrs.items()))
+    return repr((name, sorted(signature.items()), sorted(constexprs.items()))), alignment
 
 
 def compile_distinct(launches: list[dict], archs: tuple[int, ...] = ARCHS,
@@ -194,10 +197,16 @@ def compile_distinct(launches: list[dict], archs: tuple[int, ...] = ARCHS,
     ``sources`` (the launches' ``source`` tags); ``sass_instructions`` where one of its
     launches asks for them: ``"disassemble"`` is True (the default), False, or the archs to
     disassemble for (``[90]``). ``structural``: see :func:`specialization_key`."""
-    groups: dict[str, list[dict]] = {}
-    for launch in launches:
-        groups.setdefault(specialization_key(launch["kernel"], launch, structural),
-                          []).append(launch)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    first_group: dict[str, tuple[str, str]] = {}  # a specialization -> its first group's key
+    # the launches at a given alignment first, so that one standing for every alignment joins
+    # one of their groups (sorted() is stable)
+    for launch in sorted(launches, key=lambda launch: bool(launch.get("any_alignment"))):
+        specialization, alignment = specialization_key(launch["kernel"], launch, structural)
+        key = (first_group.get(specialization, (specialization, alignment))
+               if alignment == "any" else (specialization, alignment))
+        first_group.setdefault(specialization, key)
+        groups.setdefault(key, []).append(launch)
     work = [(members[0]["kernel"], arch, members[0],
              any(_disassembles(m, arch) for m in members))
             for members in groups.values() for arch in archs]
