@@ -108,11 +108,25 @@ def test_host_profile_writes_a_table_per_variant(tmp_path):
     # stock+channels_last for a name with a '+' in it: stock+compile would spend half a minute
     # compiling the full-size model
     assert host_profile.main(["--device", "cpu", "--variants", "ssgan", "stock+channels_last",
-                              "--batch", "8", "--steps", "1", "--out", str(tmp_path)]) == 0
+                              "--batch", "8", "--steps", "1", "--onednn",
+                              "--out", str(tmp_path)]) == 0
     ssgan = (tmp_path / "ssgan.txt").read_text()
-    assert ssgan.startswith("# ssgan, batch 8, 1 steps on cpu") and "Self CPU" in ssgan
-    assert "aten::convolution" in ssgan
+    assert ssgan.startswith("# ssgan, notebook step, batch 8, 1 steps on cpu")
+    assert "Self CPU" in ssgan and "aten::convolution" in ssgan
     assert "stock+channels_last" in (tmp_path / "stock_channels_last.txt").read_text()
+    # oneDNN's timing of the step's primitives: D's convolutions, forward and both backwards
+    rows = read(tmp_path / "ssgan_onednn.csv")
+    kinds = {(r["primitive"], r["propagation"]) for r in rows}
+    assert {("convolution", p) for p in ("forward_training", "backward_data",
+                                         "backward_weights")} <= kinds
+    assert all(float(r["ms_per_step"]) > 0 and float(r["calls_per_step"]) >= 1 for r in rows)
+    assert sum(float(r["ms_per_step"]) for r in rows) < 2 * float(rows[0]["step_ms"])
+    assert "oneDNN's primitives report" in (tmp_path / "ssgan_onednn.md").read_text()
+
+
+def test_onednn_timing_is_refused_off_the_cpu(tmp_path):
+    with pytest.raises(SystemExit, match="use it with --device cpu"):
+        host_profile.main(["--device", "cuda", "--onednn", "--out", str(tmp_path)])
 
 
 def test_seeds_report_gives_mean_and_spread(tmp_path):
