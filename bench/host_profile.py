@@ -22,7 +22,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,16 +92,6 @@ def onednn_rows(run: Callable[[], object], steps: int) -> list[dict]:
     return sorted(rows, key=lambda r: -r["ms_per_step"])
 
 
-def step_ms(run: Callable[[], object], steps: int) -> float:
-    """The median time of ``steps`` calls of ``run``, without oneDNN's verbose mode."""
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def onednn_summary(rows: list[dict], ms: float, title: str) -> str:
     """Markdown: oneDNN's share of a step of ``ms`` milliseconds, by primitive and
     propagation."""
@@ -157,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         paths = [out / f"{name}.txt"]
         paths[0].write_text(profile_variant(run, title, device, args.steps))
         if args.onednn:
-            ms = step_ms(run, args.steps)
+            # the step's own time, without oneDNN's verbose mode
+            ms = statistics.median(common.cpu_times_ms(run, args.steps, 0.0))
             rows = [{**row, "step_ms": ms, **env} for row in onednn_rows(run, args.steps)]
             common.write_csv(rows, out / f"{name}_onednn.csv")
             paths.append(out / f"{name}_onednn.md")

@@ -44,15 +44,10 @@ def _check(params, grads, exp_avgs, exp_avg_sqs, copies, step, lr) -> None:
             raise ValueError(f"{name} must be a one-element tensor, got shape {tuple(t.shape)}")
 
 
-def _dense(t: torch.Tensor) -> bool:
-    """Whether t's elements fill its memory in one of the two layouts the ops run natively."""
-    return t.is_contiguous() or (t.dim() > 2 and reference.has_channels_last_strides(t))
-
-
 def _same_strides(tensors: list[torch.Tensor], like: list[torch.Tensor]) -> list[torch.Tensor]:
     """Each tensor as it is where it is dense with its parameter's strides, else a copy laid
     out so (the kernel walks all five of a parameter with one flat index)."""
-    return [t if t.stride() == p.stride() and _dense(t)
+    return [t if t.stride() == p.stride() and reference.is_native_layout(t)
             else torch.empty_like(p, dtype=t.dtype).copy_(t) for t, p in zip(tensors, like)]
 
 
@@ -78,12 +73,12 @@ def mixed_precision_adam_(params: Sequence[torch.Tensor], grads: Sequence[torch.
     if not params:
         return
     if backend_for(params[0]) in ("triton", "interpret"):
-        if not all(_dense(p) for p in params):
+        if not all(reference.is_native_layout(p) for p in params):
             raise ValueError("params must be contiguous or channels-last for the fused step")
         grads, exp_avgs, exp_avg_sqs = (_same_strides(t, params)
                                         for t in (grads, exp_avgs, exp_avg_sqs))
         odd = [i for i, c in enumerate(copies) if c is not params[i]
-               and (c.stride() != params[i].stride() or not _dense(c))]
+               and (c.stride() != params[i].stride() or not reference.is_native_layout(c))]
         if odd:
             raise ValueError(f"copies{odd} must be dense with their parameters' strides")
         triton_module("mixed_precision_adam").adam_triton(params, grads, exp_avgs, exp_avg_sqs,

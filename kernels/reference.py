@@ -62,13 +62,17 @@ def has_channels_last_strides(x: torch.Tensor) -> bool:
     return x.movedim(1, -1).is_contiguous()
 
 
+def is_native_layout(t: torch.Tensor) -> bool:
+    """Whether t is in one of the two layouts the fused kernels run natively: contiguous
+    (channels-first) or channels-last."""
+    return t.is_contiguous() or is_channels_last(t)
+
+
 def native_layout(t: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
     """``t`` in a layout the fused activation's kernels read (channels-first or channels-last,
     or the one ``channels_last`` asks for); a copy only when it has neither."""
     if channels_last is None:
-        if t.is_contiguous() or is_channels_last(t):
-            return t
-        return t.contiguous()
+        return t if is_native_layout(t) else t.contiguous()
     if channels_last and t.dim() > 2:
         if has_channels_last_strides(t):
             return t
@@ -83,8 +87,7 @@ def output_like(x: torch.Tensor, swap_layout: bool = False) -> torch.Tensor:
     if swap_layout:
         return torch.empty_like(x, memory_format=torch.contiguous_format if is_channels_last(x)
                                 else torch.channels_last)
-    native = x.is_contiguous() or is_channels_last(x)
-    return torch.empty_like(x, memory_format=torch.preserve_format if native
+    return torch.empty_like(x, memory_format=torch.preserve_format if is_native_layout(x)
                             else torch.contiguous_format)
 
 
