@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="whose step (as bench.train_step's --recipe; default: notebook)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny model, to check the harness; timings are not results")
     parser.add_argument("--onednn", action="store_true",
                         help="CPU: also <variant>_onednn.csv/.md, oneDNN's own timing of its "
                         "primitives (ONEDNN_VERBOSE) beside the step's time")
@@ -134,11 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    env = common.environment(device, smoke=False)
+    env = common.environment(device, smoke=args.smoke)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for variant in args.variants:
-        run = step_fn(variant, args.batch, False, device, args.recipe)
+        run = step_fn(variant, args.batch, args.smoke, device, args.recipe)
         for _ in range(3):  # warm-up: compilation, allocator, oneDNN's primitive cache
             run()
         title = f"{variant}, {args.recipe} step, batch {args.batch}, {args.steps} steps on {device}"

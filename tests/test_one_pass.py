@@ -7,9 +7,12 @@ import dataclasses
 import pytest
 import torch
 
+import ssgan.kernels as K
 import ssgan.train as T
 from ssgan import devices
 from ssgan.data import Dataset, Split
+from conftest import KERNEL_PATH
+from test_train import device_for
 
 
 def _data() -> Dataset:
@@ -22,12 +25,15 @@ def _one_step(recipe: str, kind: str, backend: str, **decisions) -> tuple:
     """A fresh trainer's losses, both players' gradients and D's buffers after one forward,
     under ``kind``'s device decisions with ``decisions`` changed."""
     cfg = T.config_for(recipe, batch_size=16, labeled_batch_size=8 if recipe == "improved"
-                       else 0, device="cpu", progress=False, out_dir="/nonexistent",
-                       drop_rate=0.0, labels=40, augment_shift=0, d_size_mult=8, g_size_mult=8,
-                       kernels=backend)
-    with devices.decisions_of(kind, **decisions):
+                       else 0, device=device_for(backend), progress=False,
+                       out_dir="/nonexistent", drop_rate=0.0, labels=40, augment_shift=0,
+                       d_size_mult=8, g_size_mult=8, kernels=backend)
+    with devices.decisions_of(kind, **decisions), K.use_backend(backend):
         trainer = T.Trainer(cfg, _data())
-        losses = trainer._losses(torch.arange(16))
+        # the asked path, not a silent fallback
+        assert K.backend_for(trainer.d.conv1.weight) == \
+            ("inductor" if backend == "inductor" else KERNEL_PATH)
+        losses = trainer._losses(torch.arange(16, device=trainer.device))
         d_grads = torch.autograd.grad(losses["d_loss"], list(trainer.d.parameters()),
                                       retain_graph=True)
         g_grads = torch.autograd.grad(losses["g_loss"], list(trainer.g.parameters()))

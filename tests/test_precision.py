@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import ssgan.kernels as K
 import ssgan.train as T
 from ssgan import cli, precision
 from test_train import IMPROVED_KNOBS, tiny_config, tiny_dataset
@@ -18,7 +19,8 @@ def _trained(tmp_path, prec: str, kernels: str) -> T.Trainer:
     trainer = T.Trainer(tiny_config(tmp_path / prec, precision=prec, kernels=kernels,
                                     **IMPROVED_KNOBS), tiny_dataset())
     torch.manual_seed(0)  # the same dropout seeds for both precisions
-    trainer.losses = [trainer.step(torch.arange(16) + 16 * (i % 3)) for i in range(STEPS)]
+    with K.use_backend(kernels):  # as fit() runs the step: the backend of --kernels
+        trainer.losses = [trainer.step(torch.arange(16) + 16 * (i % 3)) for i in range(STEPS)]
     return trainer
 
 
