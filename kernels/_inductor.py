@@ -32,35 +32,19 @@ from . import _private_api as private
 _failure: str | None = None
 
 
-class Sizes(tuple):
-    """Row counts (a tuple of ints, such as segment bounds) that a compiled graph takes as
-    symbols, not as constants: they enter the graph as the sizes of an empty tensor, so one
-    graph serves every split of the rows into as many parts (Inductor's size specializations
-    aside: a count of 0 or 1, or counts equal to each other or to an input's size)."""
-
-
-def _graph_inputs(args: tuple) -> list[torch.Tensor]:
-    """The graph's inputs for ``args``: its tensors, and for each :class:`Sizes` an empty
-    tensor of shape (*sizes, 0)."""
-    device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
-    return [torch.empty((*a, 0), device=device) if isinstance(a, Sizes) else a
-            for a in args if isinstance(a, (torch.Tensor, Sizes))]
-
-
 class _Compiled:
     """One traced-and-compiled variant of a function: the Inductor graph and the symbolic
     placeholders whose shape guards say which inputs it serves."""
 
     def __init__(self, fn: Callable, args: tuple):
         # detached: autograd metadata means nothing to the graph of a custom op's half
-        tensors = [t.detach() for t in _graph_inputs(args)]
-        self._tensor_positions = [i for i, a in enumerate(args)
-                                  if isinstance(a, (torch.Tensor, Sizes))]
+        tensors = [a.detach() for a in args if isinstance(a, torch.Tensor)]
+        self._tensor_positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
 
         def on_tensors(*tensor_args):
             full = list(args)
             for i, t in zip(self._tensor_positions, tensor_args):
-                full[i] = tuple(t.shape[:-1]) if isinstance(args[i], Sizes) else t
+                full[i] = t
             result = fn(*full)
             self.single_output = isinstance(result, torch.Tensor)
             return (result,) if self.single_output else result  # Inductor wants a tuple
@@ -144,14 +128,18 @@ def _give_up(reason: str, advice: str) -> None:
 
 def call(fn: Callable, *args):
     """``fn(*args)`` through its Inductor-compiled version, without autograd (the callers are
-    the forward and backward halves of a custom op). Tensors may have any sizes and strides,
-    and so may the counts in a :class:`Sizes` argument (``fn`` gets them as a plain tuple);
+    the forward and backward halves of a custom op). Tensors may have any sizes and strides;
     every other argument (floats, flags, None) is a compile-time constant."""
     if not available():
         return fn(*args)
-    tensors = _graph_inputs(args)
-    layout_key = (fn, *[(a.dtype, a.device, a.shape, a.stride())
-                        if isinstance(a, torch.Tensor) else a for a in args])
+    tensors, layout = [], [fn]
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            tensors.append(a)
+            layout.append((a.dtype, a.device, a.shape, a.stride()))
+        else:
+            layout.append(a)
+    layout_key = tuple(layout)
     compiled = _by_layout.get(layout_key)
     if compiled is None:
         compiled = _variant_for(fn, args, tensors)
@@ -169,8 +157,8 @@ def _first_line(err: BaseException) -> str:
 def _variant_for(fn: Callable, args: tuple, tensors: list[torch.Tensor]) -> _Compiled | None:
     """A compiled variant whose guards hold for ``args``, compiling one when none does; None
     (after one warning) when compilation fails."""
-    key = (fn, *[(a.dtype, a.device, a.dim()) if isinstance(a, torch.Tensor)
-                 else (Sizes, len(a)) if isinstance(a, Sizes) else a for a in args])
+    key = (fn, *[(a.dtype, a.device, a.dim()) if isinstance(a, torch.Tensor) else a
+                 for a in args])
     variants = _variants.setdefault(key, [])
     for variant in variants:
         if variant.serves(tensors):

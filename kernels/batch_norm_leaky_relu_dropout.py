@@ -19,9 +19,9 @@ from ._backend import backend_for, call_op, triton_module
 
 
 def _one_or_more(bounds):
-    """The compiled twins' segments argument: None for one segment, else the segment ends as
-    symbols, so that one graph serves every batch size and every split of it."""
-    return None if len(bounds) == 1 else _inductor.Sizes(bounds)
+    """The twins' segments argument: None for one segment, so that the compiled graph serves
+    every batch size (the segment ends would be compile-time constants)."""
+    return None if len(bounds) == 1 else bounds
 
 
 def _forward_inductor(x, weight, bias, bounds, eps, seed, negative_slope, p, running_mean,

@@ -17,9 +17,8 @@ from ._backend import backend_for, call_op, triton_module
 
 
 def _forward_inductor(logits, target, weight, segments, extra_class):
-    # the segment sizes as symbols: one graph serves every split of the rows
     return _inductor.call(reference.gan_loss_head_forward, logits.contiguous(), target, weight,
-                          _inductor.Sizes(segments), extra_class)
+                          segments, extra_class)
 
 
 def _forward_triton(logits, target, weight, segments, extra_class):
@@ -27,9 +26,8 @@ def _forward_triton(logits, target, weight, segments, extra_class):
                                                           segments, extra_class)
 
 
-def _backward_inductor(dout, out, logits, target, weight, segments, extra_class):
-    return _inductor.call(reference.gan_loss_head_backward, dout, out, logits, target, weight,
-                          _inductor.Sizes(segments), extra_class)
+def _backward_inductor(*args):
+    return _inductor.call(reference.gan_loss_head_backward, *args)
 
 
 def _backward_triton(*args):

@@ -309,10 +309,10 @@ def segment_of_rows(bounds: tuple[int, ...] | None, device: torch.device) -> tor
     None for one segment."""
     if bounds is None:
         return None
-    # counted from comparisons, not a tensor of the bounds: the compiled path traces them as
-    # symbols (kernels._inductor.Sizes)
-    rows = torch.arange(bounds[-1], device=device)
-    return sum(((rows >= end).long() for end in bounds[:-1]), torch.zeros_like(rows))
+    sizes = torch.tensor([end - start for start, end in _spans(bounds, bounds[-1])],
+                         device=device)
+    return torch.repeat_interleave(torch.arange(len(bounds), device=device), sizes,
+                                   output_size=bounds[-1])
 
 
 def _per_row(v: torch.Tensor, segment: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:

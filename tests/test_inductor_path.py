@@ -44,43 +44,6 @@ def test_one_variant_serves_every_size_and_a_new_layout_gets_its_own(fresh_table
     assert _built_since(fn, before) == 4
 
 
-def test_one_graph_serves_every_split_of_the_rows_into_segments(fresh_tables):
-    """Segment sizes enter the graph as symbols (``Sizes``): a new split of the same rows, or
-    of other rows, into as many segments compiles nothing; a segment of one row does (it
-    specializes, as a size-1 dim does), and so does a third segment. (No count here equals a
-    size the first graphs saw elsewhere, such as the 6 loss terms: traced sizes that are equal
-    share one symbol.)"""
-    fns = (ref.batch_norm_leaky_relu_dropout_forward, ref.batch_norm_leaky_relu_dropout_backward,
-           ref.gan_loss_head_forward, ref.gan_loss_head_backward)
-    before = [compiled_path.compilations(fn) for fn in fns]
-    for segments in [(5, 9), (9, 5), (4, 7), (12, 13), (1, 7), (5, 4, 8)]:
-        rows = sum(segments)
-        x = randn(rows, 16, 2, 3).requires_grad_()
-        weight, bias = randn(16).abs().add(0.5), randn(16)
-        y = K.batch_norm_leaky_relu_dropout(x, weight, bias, segments=segments, p=0.5, seed=7)
-        twin = ref.batch_norm_leaky_relu_dropout(x.detach(), weight, bias, segments=segments,
-                                                 p=0.5, seed=7)
-        torch.testing.assert_close(y, twin)
-        dx, = torch.autograd.grad(y, x, torch.ones_like(y))
-        torch.testing.assert_close(dx, _batch_norm_dx(x.detach(), weight, bias, segments))
-        logits = randn(rows, 11, scale=3.0).requires_grad_()
-        labeled = segments[-1] if len(segments) == 3 else segments[0]
-        target, mask = torch.randint(0, 10, (labeled,)), (torch.rand(labeled) < 0.7).float()
-        out = K.gan_loss_head(logits, target, mask, segments=segments, extra_class=True)
-        truth = ref.gan_loss_head(logits.detach(), target, mask, segments=segments,
-                                  extra_class=True)
-        torch.testing.assert_close(out, truth)
-        out[:4].sum().backward()
-    # (5, 9) compiles each graph; (1, 7) and (5, 4, 8) each compile it again
-    assert [compiled_path.compilations(fn) - b for fn, b in zip(fns, before)] == [3] * 4
-
-
-def _batch_norm_dx(x, weight, bias, segments):
-    x = x.clone().requires_grad_()
-    y = ref.batch_norm_leaky_relu_dropout(x, weight, bias, segments=segments, p=0.5, seed=7)
-    return torch.autograd.grad(y, x, torch.ones_like(y))[0]
-
-
 def test_the_channels_last_draw_compiles_only_where_positions_come_in_fours(fresh_tables):
     """A channels-last dropout with S % 4 == 0 draws in memory order, any other S in row-major
     order: the variant compiled for one never serves the other, in either order of arrival,
