@@ -82,8 +82,7 @@ def model_step_launches(recipe: str, batch: int = 128, precision: str = "fp32") 
     with decisions_of("cuda"):
         trainer = T.Trainer(cfg, data)
         idx = torch.arange(batch, device=trainer.device)
-        with K.use_backend("triton"), K.deferred_target_checks(), \
-                record_launches(dry=True) as launches:
+        with K.deferred_target_checks(), record_launches(dry=True) as launches:
             trainer.step(idx)
     for launch in launches:
         launch["source"] = f"model:{recipe}" + ("" if precision == "fp32" else f":{precision}")
@@ -304,7 +303,8 @@ def _path_traffic(path: str, batch: int, recipe: str) -> dict:
 
     precision = "bf16" if path.endswith("bf16") else "fp32"
     trainer = make_trainer("ssgan+bf16" if precision == "bf16" else "ssgan", batch,
-                           smoke=False, device=torch.device("cpu"), recipe=recipe)
+                           smoke=False, device=torch.device("cpu"), recipe=recipe,
+                           kernels="triton")
     counter = StepCounter()
     if path.startswith("stock"):
         g, d = stock.stock_models(trainer)
@@ -314,7 +314,7 @@ def _path_traffic(path: str, batch: int, recipe: str) -> dict:
             stock.stock_step(trainer, g, d, trainer.batch_idx, precision)
         launches = []
     else:
-        with K.use_backend("triton"), K.deferred_target_checks():
+        with K.deferred_target_checks():
             with record_launches(dry=True):
                 trainer.graph_ready_step()
             with record_launches(dry=True) as launches, counter.mode:

@@ -103,10 +103,12 @@ def synthetic_data(recipe: str, n: int) -> Dataset:
 
 
 def make_trainer(variant: str, batch: int, smoke: bool, device: torch.device,
-                 recipe: str = "notebook") -> Trainer:
+                 recipe: str = "notebook", kernels: str = "auto") -> Trainer:
+    """The trainer whose step ``variant`` times; ``kernels``: its ``--kernels`` (the eager
+    twins for ``reference``)."""
     labels = config_for(recipe).labels if not smoke else 20
     cfg = config_for(recipe, batch_size=batch, labels=labels, device=str(device),
-                     kernels="torch" if variant == "reference" else "auto", progress=False,
+                     kernels="torch" if variant == "reference" else kernels, progress=False,
                      out_dir="/nonexistent",
                      precision=variant_precision(variant) if variant.startswith("ssgan")
                      else "fp32")
@@ -140,11 +142,10 @@ def step_fn(variant: str, batch: int, smoke: bool, device: torch.device,
         precision = variant_precision(variant)
         step = lambda: stock.stock_step(trainer, g, d, trainer.batch_idx, precision)
     else:
-        backend, check = trainer.cfg.kernels, K.DeferredTargetCheck()
+        check = K.DeferredTargetCheck()
 
         def step():  # as the trainer's loop runs it
-            with decisions(variant, device), K.use_backend(backend), \
-                    K.deferred_target_checks(check):
+            with decisions(variant, device), K.deferred_target_checks(check):
                 trainer.graph_ready_step()
     runner = StepGraph(step, device, capture=graphed, generators=[trainer.batch_rng])
 

@@ -205,15 +205,17 @@ class Trainer:
 
     def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """One simultaneous update of D and G; ``idx`` indexes the training set (on device).
-        The optimizers take their learning rate from their param groups. The forward runs in
-        the configured ``--precision`` (:mod:`ssgan.precision`), the update in fp32."""
-        if self.cfg.supervised_only:
-            return self._supervised_step(idx)
-        with mixed_precision(self.cfg.precision, self.device, self.d, self.g,
-                             kept=self.kept_copies) as weights:
-            losses = self._losses(idx)
-        simultaneous_update(losses["d_loss"], losses["g_loss"], self.d, self.g, self.opt_d,
-                            self.opt_g, weights)
+        The optimizers take their learning rate from their param groups. The fused ops run on
+        the configured ``--kernels`` backend, whoever calls the step; the forward runs in the
+        configured ``--precision`` (:mod:`ssgan.precision`), the update in fp32."""
+        with K.use_backend(self.cfg.kernels):
+            if self.cfg.supervised_only:
+                return self._supervised_step(idx)
+            with mixed_precision(self.cfg.precision, self.device, self.d, self.g,
+                                 kept=self.kept_copies) as weights:
+                losses = self._losses(idx)
+            simultaneous_update(losses["d_loss"], losses["g_loss"], self.d, self.g, self.opt_d,
+                                self.opt_g, weights)
         if self.d_ema is not None:
             self.d_ema.update(self.d)
         return losses

@@ -250,6 +250,19 @@ def test_recalibrated_evaluation_keeps_the_training_running_statistics(tmp_path)
         assert torch.equal(states[0][k], states[1][k]), k
 
 
+def test_a_step_called_directly_runs_the_configured_backend(tmp_path, monkeypatch):
+    """Trainer.step applies --kernels itself, as fit() does: a caller that runs steps directly
+    (a benchmark, a test, a user's own loop) gets the configured path, not the default."""
+    monkeypatch.setenv("SSGAN_KERNELS", "triton")  # the default the step must override
+    trainer = T.Trainer(tiny_config(tmp_path, kernels="torch"), tiny_dataset())
+    seen = []
+    classify = trainer.d.classify
+    trainer.d.classify = lambda x, *args, **kwargs: seen.append(K.backend_for(x)) or classify(
+        x, *args, **kwargs)
+    trainer.step(torch.arange(16))
+    assert seen == ["torch", "torch"]
+
+
 @pytest.mark.parametrize("terms", ["all", "supervised"])
 def test_labeled_batch_terms(tmp_path, terms):
     """With --labeled-batch-terms supervised the labeled batch gets its own D pass: the
