@@ -88,7 +88,7 @@ def test_the_graph_ready_step_equals_the_ordinary_step_bit_for_bit(tmp_path, ker
         for m in (ordinary.d, ordinary.g))
     perm = torch.randperm(len(data.train), generator=ordinary.batch_rng)
     window, totals = torch.zeros(len(T.WINDOW_KEYS)), [0.0] * len(T.WINDOW_KEYS)
-    with K.use_backend(kernels), K.deferred_target_checks():
+    with K.deferred_target_checks():  # the step runs cfg's --kernels itself
         for i in range(steps):
             for group in (*ordinary.opt_d.param_groups, *ordinary.opt_g.param_groups):
                 group["lr"] = T.scheduled_lr(cfg, i, steps)
