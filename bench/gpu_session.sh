@@ -6,10 +6,10 @@
 #   bash bench/gpu_session.sh bench   bench.kernels (fp32) and bench.train_step on CUDA
 #   bash bench/gpu_session.sh profile where the eager step's host time goes (bench.host_profile)
 #   bash bench/gpu_session.sh diagnose  each step variant alone, memcheck, the kernel tests
-#   bash bench/gpu_session.sh graph   the CUDA-graph check in one call: bench.train_step at batch
-#                                    128 and 512 with every variant, the CUDA-graph and trainer
-#                                    tests, and a timed 3-epoch ssgan train with and without
-#                                    --cuda-graph (each part under its own timeout, 9 minutes in all)
+#   bash bench/gpu_session.sh graph   the graphed step in one call: bench.train_step at batch 128
+#                                    and 512, fp32 and bf16, against every stock variant and with
+#                                    each GPU decision flipped; then the CUDA tests of the one-pass
+#                                    step, the fused ops and the graphs (9 minutes in all)
 # Everything lands under $OUT (default /tmp/gpu-out); results are packed into one tarball,
 # because the device tool returns at most eight files.
 set -uo pipefail
@@ -54,22 +54,29 @@ case $stage in
     tar -czf "$out/gpu-results.tar.gz" -C "$res" .
     ;;
   graph)
-    res=$out/results; mkdir -p "$res"
-    timeout 240 python3 -m bench.train_step --device cuda --batches 128 512 \
-      --out "$res/train-step" > "$out/bench-train-step.txt" 2>&1
-    echo "bench.train_step exit $?"; tail -20 "$out/bench-train-step.txt"
-    timeout 120 python3 -m pytest "$repo/tests/test_cuda_graph.py" "$repo/tests/test_train.py" \
-      -m "" -v --tb=short -c "$repo/pytest.ini" --rootdir "$repo" -n 8 -p no:cacheprovider \
-      > "$out/pytest-cuda-graph.txt" 2>&1
-    echo "pytest exit $?"; grep -E "FAILED|ERROR|passed|failed" "$out/pytest-cuda-graph.txt" | tail
-    for mode in auto off; do
-      /usr/bin/time -f "wall %e s" timeout 100 python3 -m ssgan train --epochs 3 --no-progress \
-        --cuda-graph $mode --out-dir "$res/train-3-epochs" --name "cuda-graph-$mode" \
-        > "$out/train-cuda-graph-$mode.txt" 2>&1
-      echo "ssgan train --cuda-graph $mode exit $?"; tail -3 "$out/train-cuda-graph-$mode.txt"
-    done
-    rm -f "$res"/train-3-epochs/*/checkpoints/*.pt
-    tar -czf "$out/gpu-results.tar.gz" -C "$res" .
+    # the training step as `ssgan train` runs it on a GPU (from one CUDA graph) against every
+    # stock variant, with each of the GPU's decisions flipped, in fp32 and in bf16; then the
+    # CUDA tests of the one-pass step, the fused ops and the graphs. Results are packed after
+    # each part, so that a part cut off by its timeout leaves the earlier ones.
+    res=/tmp/gpu-res; rm -rf "$res"; mkdir -p "$res"
+    timeout 230 python3 -m bench.train_step --device cuda --batches 128 512 --variants \
+      ssgan+cudagraph ssgan ssgan+multi-pass+cudagraph ssgan+aten-bn+cudagraph \
+      ssgan+channels-last+cudagraph ssgan+subpixel+cudagraph stock stock+compile \
+      stock+reduce-overhead stock+cudagraph --out "$res/train-step" \
+      > "$out/bench-train-step.txt" 2>&1
+    echo "bench.train_step fp32 exit $?"; tar -czf "$out/gpu-results.tar.gz" -C "$res" .
+    timeout 190 python3 -m bench.train_step --device cuda --batches 128 512 --precision bf16 \
+      --variants ssgan+bf16+cudagraph ssgan+bf16 ssgan+bf16+channels-first+cudagraph \
+      ssgan+cudagraph stock stock+bf16 stock+bf16+compile stock+bf16+reduce-overhead \
+      stock+bf16+cudagraph --out "$res/train-step-bf16" > "$out/bench-train-step-bf16.txt" 2>&1
+    echo "bench.train_step bf16 exit $?"; tar -czf "$out/gpu-results.tar.gz" -C "$res" .
+    grep -h "^{" "$out"/bench-train-step*.txt | cut -c1-150
+    files=(test_cuda_graph.py test_one_pass.py test_precision.py test_gan_loss_head.py
+           test_batch_norm_leaky_relu_dropout.py test_feature_matching.py test_autocast.py)
+    timeout 110 python3 -m pytest "${files[@]/#/$repo/tests/}" -m "" -v --tb=short \
+      -c "$repo/pytest.ini" --rootdir "$repo" -n 14 --dist load -p no:cacheprovider \
+      > "$out/pytest-cuda.txt" 2>&1
+    echo "pytest exit $?"; grep -E "FAILED|ERROR|passed|failed" "$out/pytest-cuda.txt" | tail -30
     ;;
   profile)
     timeout 300 python3 -m bench.host_profile --device cuda --out "$out/profile" \

@@ -19,7 +19,11 @@ Variants, all measured in the same run:
   ssgan step with one of its device's decisions set (``DevicePolicy.one_pass_discriminator``:
   D once over the concatenated segments or once per segment; ``fused_batch_norm``: the fused
   batch-norm op or ATen's batch norm and then the activation), the measurements behind those
-  decisions (``ssgan`` is the device's own choice, one of each pair);
+  decisions (``ssgan`` is the device's own choice, one of each pair); on a GPU they are timed
+  as ``ssgan train`` runs there, from a CUDA graph (``ssgan+multi-pass+cudagraph``,
+  ``ssgan+aten-bn+cudagraph``, and the layout and deconvolution decisions
+  ``ssgan+channels-last+cudagraph``, ``ssgan+subpixel+cudagraph`` and
+  ``ssgan+bf16+channels-first+cudagraph``);
 - ``reference``: the trainer on ssgan's eager PyTorch twins (a correctness reference, never a
   baseline);
 - with ``--precision bf16``: ``ssgan+bf16`` (``ssgan train --precision bf16``'s step, and its
@@ -47,6 +51,7 @@ import argparse
 import contextlib
 import statistics
 import time
+import traceback
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -60,23 +65,32 @@ from ssgan.devices import decisions_of
 from ssgan.train import Trainer
 
 SVHN_TRAIN_IMAGES = 73_257
+# the ssgan step with some of the device's decisions (ssgan.devices.DevicePolicy) set, one tag
+# each in the variant's name ("ssgan+multi-pass+cudagraph")
+DECISIONS = {"one-pass": {"one_pass_discriminator": True},
+             "multi-pass": {"one_pass_discriminator": False},
+             "fused-bn": {"fused_batch_norm": True},
+             "aten-bn": {"fused_batch_norm": False},
+             "channels-last": {"memory_format": torch.channels_last,
+                               "bf16_memory_format": torch.channels_last},
+             "channels-first": {"memory_format": torch.contiguous_format,
+                                "bf16_memory_format": torch.contiguous_format},
+             "subpixel": {"subpixel_deconv": True}}
 VARIANTS = ("ssgan", "ssgan+cudagraph", "ssgan+one-pass", "ssgan+multi-pass", "ssgan+fused-bn",
-            "ssgan+aten-bn", "stock", "stock+compile", "stock+reduce-overhead",
-            "stock+cudagraph", "stock+channels_last", "reference", "ssgan+bf16",
-            "ssgan+bf16+cudagraph", "stock+bf16", "stock+bf16+compile",
+            "ssgan+aten-bn", "ssgan+multi-pass+cudagraph", "ssgan+aten-bn+cudagraph",
+            "ssgan+channels-last+cudagraph", "ssgan+subpixel+cudagraph", "stock",
+            "stock+compile", "stock+reduce-overhead", "stock+cudagraph", "stock+channels_last",
+            "reference", "ssgan+bf16", "ssgan+bf16+cudagraph",
+            "ssgan+bf16+channels-first+cudagraph", "stock+bf16", "stock+bf16+compile",
             "stock+bf16+reduce-overhead", "stock+bf16+cudagraph")
 BASELINES = ("stock", "stock+compile", "stock+reduce-overhead", "stock+cudagraph", "stock+bf16",
              "stock+bf16+compile", "stock+bf16+reduce-overhead", "stock+bf16+cudagraph")
 GPU_ONLY = tuple(v for v in VARIANTS if v.endswith(("+cudagraph", "+reduce-overhead")))
-# the ssgan step with one of the device's decisions (ssgan.devices.DevicePolicy) set
-DECISIONS = {"ssgan+one-pass": {"one_pass_discriminator": True},
-             "ssgan+multi-pass": {"one_pass_discriminator": False},
-             "ssgan+fused-bn": {"fused_batch_norm": True},
-             "ssgan+aten-bn": {"fused_batch_norm": False}}
 # --precision bf16 times the bf16 variants beside fp32's (ssgan's and stock's) in one run
 PRECISION_VARIANTS = {
     "fp32": tuple(v for v in VARIANTS if "+bf16" not in v),
-    "bf16": ("ssgan+bf16", "ssgan+bf16+cudagraph", "ssgan", "stock", "stock+compile",
+    "bf16": ("ssgan+bf16", "ssgan+bf16+cudagraph", "ssgan+bf16+channels-first+cudagraph",
+             "ssgan", "stock", "stock+compile",
              "stock+bf16", "stock+bf16+compile", "stock+bf16+reduce-overhead",
              "stock+bf16+cudagraph"),
 }
@@ -121,9 +135,9 @@ def make_trainer(variant: str, batch: int, smoke: bool, device: torch.device,
 
 
 def decisions(variant: str, device: torch.device):
-    """The device's own decisions, or with the one ``variant`` sets."""
-    changes = DECISIONS.get(variant)
-    return contextlib.nullcontext() if changes is None else decisions_of(device.type, **changes)
+    """The device's own decisions, with those ``variant``'s name sets."""
+    changes = {k: v for tag in variant.split("+") for k, v in DECISIONS.get(tag, {}).items()}
+    return decisions_of(device.type, **changes) if changes else contextlib.nullcontext()
 
 
 def step_fn(variant: str, batch: int, smoke: bool, device: torch.device,
@@ -187,6 +201,7 @@ def prepare(variant: str, batch: int, smoke: bool, device: torch.device,
         _sync(device)
         row["warmup_s"] = time.perf_counter() - start
     except Exception as err:  # a variant that cannot run is reported, not fatal
+        traceback.print_exc()  # the row keeps one line; the log keeps where it failed
         return {**row, "status": f"failed: {type(err).__name__}: {err}".splitlines()[0]}
     return {**row, "status": "ok", "run": run}
 
@@ -302,10 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         prepared = [prepare(v, batch, args.smoke, device, args.recipe)
                     for v in args.variants or PRECISION_VARIANTS[args.precision]]
         measure(prepared, device, args.smoke, args.rounds)
-        rows += [{**finish(p, device, flops, peak), **env} for p in prepared]
+        batch_rows = [{**finish(p, device, flops, peak), **env} for p in prepared]
+        for row in batch_rows:  # as each batch ends, so that a run cut off keeps what it had
+            print({k: v for k, v in row.items() if k not in env}, flush=True)
+        rows += batch_rows
     add_speedups(rows)
-    for row in rows:
-        print({k: v for k, v in row.items() if k not in env})
     common.write_csv(rows, out_dir / "train_step.csv")
     (out_dir / "train_step.md").write_text(common.markdown_table(rows, TABLE))
     plot(rows, out_dir / "train_step.png")
