@@ -74,8 +74,8 @@ case $stage in
     files=(test_cuda_graph.py test_one_pass.py test_precision.py test_gan_loss_head.py
            test_batch_norm_leaky_relu_dropout.py test_feature_matching.py test_autocast.py)
     timeout 110 python3 -m pytest "${files[@]/#/$repo/tests/}" -m "" -v --tb=short \
-      -c "$repo/pytest.ini" --rootdir "$repo" -n 14 --dist load -p no:cacheprovider \
-      > "$out/pytest-cuda.txt" 2>&1
+      -c "$repo/pytest.ini" -o pythonpath="$site $repo" --rootdir "$repo" -n 14 --dist load \
+      -p no:cacheprovider > "$out/pytest-cuda.txt" 2>&1
     echo "pytest exit $?"; grep -E "FAILED|ERROR|passed|failed" "$out/pytest-cuda.txt" | tail -30
     ;;
   profile)

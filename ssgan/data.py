@@ -6,6 +6,7 @@ copies from the host after loading.
 """
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +77,15 @@ def to_unit_range(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> t
     """uint8 (N, C, H, W) -> ``dtype`` in [-1, 1] (u / 127.5 - 1), on the images' device and
     in their layout. One launch: the 0-dim operands set the result's dtype (type promotion)
     and the arithmetic runs in fp32 at least."""
-    return torch.addcdiv(torch.tensor(-1.0, dtype=dtype), images,
-                         torch.tensor(127.5, dtype=dtype))  # both exact in bf16
+    minus_one, scale = _unit_range_operands(dtype, images.device)
+    return torch.addcdiv(minus_one, images, scale)
+
+
+@functools.lru_cache(maxsize=None)
+def _unit_range_operands(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    # made once, on the device: a CUDA graph cannot copy a host value in during its capture
+    minus_one, scale = (torch.tensor(v, dtype=dtype, device=device) for v in (-1.0, 127.5))
+    return minus_one, scale  # both exact in bf16
 
 
 # ---------------------------------------------------------------- SVHN

@@ -70,7 +70,14 @@ def adam(params, lr: torch.Tensor, beta1: float) -> torch.optim.Adam:
     """Adam as the trainer runs it on every device: the fused implementation, reading its
     learning rate from ``lr`` (a one-element tensor on the parameters' device, of
     :attr:`ssgan.devices.DevicePolicy.lr_dtype`), which a CUDA graph's replays read anew."""
-    return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), fused=True)
+    return torch.optim.Adam(params, betas=(beta1, 0.999), fused=True, **run_adam_options(lr))
+
+
+def run_adam_options(lr: torch.Tensor) -> dict:
+    """The options of an Adam group that belong to the run rather than to a checkpoint: the
+    ``lr`` tensor, and ``capturable`` where the device replays the step from a CUDA graph
+    (PyTorch refuses to capture the step of an Adam that is not)."""
+    return {"lr": lr, "capturable": policy(lr.device).cuda_graph}
 
 
 def simultaneous_update(d_loss: torch.Tensor, g_loss: torch.Tensor, d: torch.nn.Module,
@@ -531,7 +538,7 @@ class Trainer:
             self.opt_g.load_state_dict(state["opt_g"])
             self.opt_d.load_state_dict(state["opt_d"])
             for group in (*self.opt_d.param_groups, *self.opt_g.param_groups):
-                group["lr"] = self.lr  # loading replaced it with the saved value
+                group.update(run_adam_options(self.lr))  # loading replaced them
             self.epoch, self.history = state["epoch"], state["history"]
             self.eval_buffers = state.get("eval_buffers")
             checkpoints.restore_rng_states(state, self.batch_rng)

@@ -8,7 +8,7 @@ import torch
 import ssgan.kernels as K
 import ssgan.train as T
 from ssgan import checkpoints
-from ssgan.devices import policy, resolve_device
+from ssgan.devices import decisions_of, policy, resolve_device
 from conftest import DEVICE, KERNEL_PATH
 from ssgan.data import Dataset, Split
 from ssgan.models import BatchNorm
@@ -299,6 +299,22 @@ def test_resumed_optimizer_state_lives_where_pytorch_keeps_it(tmp_path):
             state = opt.state[p]
             assert state["step"].device == state["exp_avg"].device == p.device
             assert state["exp_avg_sq"].device == p.device
+
+
+def test_adam_is_capturable_where_the_device_captures_its_step_also_after_resume(tmp_path):
+    """PyTorch refuses to capture the step of an Adam whose groups are not ``capturable``, so
+    the trainer's are capturable exactly where its device's policy captures (the GPU's,
+    forced here on a CPU), also once a checkpoint from a device that does not has loaded."""
+    data = tiny_dataset()
+    T.train(tiny_config(tmp_path, epochs=1), data)  # the CPU's policy: no capture
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["opt_d"]["param_groups"][0]["capturable"] is False
+    with decisions_of("cuda"):
+        trainer = T.Trainer(tiny_config(tmp_path, epochs=2, resume=True), data)
+        groups = lambda: [*trainer.opt_d.param_groups, *trainer.opt_g.param_groups]
+        assert all(group["capturable"] for group in groups())
+        trainer.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+        assert all(group["capturable"] and group["lr"] is trainer.lr for group in groups())
 
 
 def test_scheduled_lr():
