@@ -228,3 +228,68 @@ def test_bad_affine_and_inputs_are_named():
         K.batch_norm_leaky_relu_dropout(x.long(), weight, bias)
     with pytest.raises(ValueError, match=r"x must be \(N, C, ...\)"):
         K.batch_norm_leaky_relu_dropout(x[0, 0, 0], weight[:2], bias[:2])
+
+
+# (shape, segments, layout, rows per reduction step, slices at most): each segment's values
+# split over several programs, with empty slices (a short segment), a segment of one row, a
+# cap on the slices, and channels-last
+SLICED_CASES = [((9, 5, 3, 4), (3, 1, 5), "contiguous", 16, 64),
+                ((9, 5, 3, 4), (3, 1, 5), "channels_last", 16, 64),
+                ((12, 37, 2, 2), (7, 5), "channels_last", 4, 64),
+                ((11, 3, 5), (2, 9), "strided", 4, 2)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,segments,layout,rows,max_slices", SLICED_CASES)
+def test_reductions_split_over_programs_equal_the_twin(monkeypatch, device, dtype, shape,
+                                                       segments, layout, rows, max_slices):
+    """The kernel's two reductions with each segment's values split over programs, combined
+    by the last to finish: the same statistics, output, running statistics and gradients
+    as the fp64 twin (small steps and slices force the split on small inputs), and the
+    arrival counters back at 0 for the next launch (a CUDA graph replays it as it is)."""
+    monkeypatch.setenv("SSGAN_KERNELS", "triton")
+    from ssgan.kernels import _triton_batch_norm_leaky_relu_dropout as kernels
+    monkeypatch.setattr(kernels, "BLOCK_ROWS", rows)
+    monkeypatch.setattr(kernels, "TILES_PER_SLICE", 1)
+    monkeypatch.setattr(kernels, "MAX_SLICES", max_slices)
+    x64, weight, bias = _inputs(shape, torch.float64, device, layout, mean=3.0)
+    x = x64.to(dtype)
+    running = [torch.rand(shape[1], device=device), torch.rand(shape[1], device=device) + 0.5]
+    running_twin = [t.clone().double() for t in running]
+    args = [t.detach().requires_grad_() for t in (x, weight.to(dtype), bias.to(dtype))]
+    y = K.batch_norm_leaky_relu_dropout(*args, segments=segments, eps=EPS, p=0.3, seed=9,
+                                        running_mean=running[0], running_var=running[1],
+                                        momentum=0.2)
+    plan = kernels._Launch.plan(x)
+    bounds = _checks.segment_bounds(segments, shape[0])
+    assert kernels._Reduction(x, plan, bounds).splits > 1
+    truth_args = [t.detach().double().requires_grad_() for t in args]
+    truth = ref.batch_norm_leaky_relu_dropout(*truth_args, segments=segments, eps=EPS, p=0.3,
+                                              seed=9, running_mean=running_twin[0],
+                                              running_var=running_twin[1], momentum=0.2)
+    assert_close_to_truth(y, truth, dtype, scale=4)
+    for got, want in zip(running, running_twin):
+        assert_close_to_truth(got, want, torch.float32)
+    dy = randn(*shape, dtype=torch.float64, device=device)
+    y.backward(dy.to(dtype))
+    truth.backward(dy)
+    for got, want in zip(args, truth_args):
+        assert_close_to_truth(got.grad, want.grad, dtype, scale=20)
+    blocks = -(-shape[1] // kernels.BLOCK_CHANNELS)
+    assert not kernels._arrival_counters(x.device, blocks).any()
+
+
+def test_split_statistics_stay_exact_when_the_mean_dwarfs_the_std(monkeypatch, device):
+    """As above, for the split reduction: each slice about its own first value and mean, then
+    Chan's combination, with a first value far from the rest (an outlier row first)."""
+    monkeypatch.setenv("SSGAN_KERNELS", "triton")
+    from ssgan.kernels import _triton_batch_norm_leaky_relu_dropout as kernels
+    monkeypatch.setattr(kernels, "BLOCK_ROWS", 8)
+    monkeypatch.setattr(kernels, "TILES_PER_SLICE", 1)
+    x, weight, bias = _inputs((16, 3, 6, 6), torch.float32, device, mean=1e4)
+    x[0] += 50.0
+    y = K.batch_norm_leaky_relu_dropout(x, weight, bias, segments=(10, 6), eps=EPS)
+    truth = ref.batch_norm_leaky_relu_dropout(x.double(), weight.double(), bias.double(),
+                                              segments=(10, 6), eps=EPS)
+    atol = 4 * 1e-3 * weight.abs().max().item()
+    torch.testing.assert_close(y.double(), truth, rtol=1e-4, atol=atol)
