@@ -2,6 +2,15 @@
 import pytest
 import torch
 
+from ssgan import precision
+
+# --precision bf16 on a CPU without native bf16 is refused (test_precision checks the refusal),
+# so the tests that train in bf16 on the CPU skip there
+needs_native_bf16_cpu = pytest.mark.skipif(
+    precision.missing_bf16_support(torch.device("cpu")) is not None,
+    reason="this CPU has no native bf16 (AVX512-BF16, AMX or Arm BF16), and ssgan refuses "
+    "--precision bf16 on it")
+
 LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
 TOLERANCES = {
     torch.float64: dict(rtol=1e-7, atol=1e-7),

@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 import ssgan.train as T
 from ssgan import devices, distributed
 from ssgan.distributed import Group
+from helpers import needs_native_bf16_cpu
 from test_train import IMPROVED_KNOBS, TIMING, read_metrics, tiny_config, tiny_dataset
 
 pytestmark = pytest.mark.subprocess
@@ -110,6 +111,7 @@ def test_two_ranks_with_the_global_batch_equal_one_process(one_process, tmp_path
     assert two["world_size"] == 2 and len(two["rng_ranks"]) == 2
 
 
+@needs_native_bf16_cpu
 def test_two_ranks_equal_one_process_under_bf16(tmp_path):
     """--precision bf16 on 2 ranks against 1 process, to bf16 accuracy: the convolutions run
     in bf16 on each shard, the BatchNorm statistics and the averaged gradients in fp32."""

@@ -8,7 +8,7 @@ import ssgan.kernels as K
 import ssgan.train as T
 from ssgan import devices
 from ssgan.kernels import reference as ref
-from helpers import randn
+from helpers import needs_native_bf16_cpu, randn
 from test_train import IMPROVED_KNOBS, tiny_config, tiny_dataset
 
 # odd sizes (one element, a partial block, several blocks), channels-last conv weights
@@ -97,6 +97,7 @@ def test_bad_arguments_are_clear_errors(change, match):
         K.mixed_precision_adam_(**args, beta1=0.5)
 
 
+@needs_native_bf16_cpu
 def test_the_step_with_kept_copies_equals_the_step_that_casts(tmp_path):
     """Where the device keeps the bf16 copies (a GPU's decision, taken here on the CPU), Adam
     reads the bf16 gradients and writes the copies. From the same state and batch, one step

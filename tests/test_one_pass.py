@@ -45,7 +45,10 @@ def _one_step(recipe: str, kind: str, backend: str, **decisions) -> tuple:
 @pytest.mark.parametrize("backend", ["triton", "inductor"])
 @pytest.mark.parametrize("kind", ["cpu", "cuda"])
 @pytest.mark.parametrize("recipe", ["notebook", "improved"])
-def test_one_pass_equals_one_pass_per_segment(recipe, kind, backend):
+def test_one_pass_equals_one_pass_per_segment(recipe, kind, backend, monkeypatch):
+    # fp32 tolerance needs fp32 convolutions: cuDNN's default TF32 rounds differently in the
+    # algorithms it picks for one pass and for each segment (a GPU only)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     per_segment = _one_step(recipe, kind, backend, one_pass_discriminator=False,
                             fused_batch_norm=False)
     for fused in (False, True):

@@ -9,6 +9,7 @@ import torch
 
 import ssgan.train as T
 from ssgan import cli, precision
+from helpers import needs_native_bf16_cpu
 from test_train import IMPROVED_KNOBS, tiny_config, tiny_dataset
 
 STEPS = 3
@@ -22,6 +23,7 @@ def _trained(tmp_path, prec: str, kernels: str) -> T.Trainer:
     return trainer
 
 
+@needs_native_bf16_cpu
 @pytest.mark.parametrize("kernels", ["torch", "inductor"])
 def test_a_bf16_step_tracks_the_fp32_step_and_keeps_fp32_state(tmp_path, kernels):
     """From the same initial state and batches, the bf16 step on ``kernels`` against the fp32
@@ -49,6 +51,7 @@ def test_a_bf16_step_tracks_the_fp32_step_and_keeps_fp32_state(tmp_path, kernels
             torch.testing.assert_close(b, a, rtol=0.05, atol=0.05, msg=name)
 
 
+@needs_native_bf16_cpu
 def test_the_supervised_only_step_in_bf16_tracks_fp32_and_hands_adam_fp32_gradients(tmp_path):
     losses = {}
     for prec in ("fp32", "bf16"):
@@ -63,6 +66,7 @@ def test_the_supervised_only_step_in_bf16_tracks_fp32_and_hands_adam_fp32_gradie
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05, abs=0.02)
 
 
+@needs_native_bf16_cpu
 def test_the_precision_is_recorded_and_a_checkpoint_resumes_across_precisions(tmp_path,
                                                                                capsys):
     T.Trainer(tiny_config(tmp_path, epochs=1), tiny_dataset()).fit()
