@@ -28,12 +28,15 @@ Output: ``gpu_static.csv`` (every specialization, both archs), ``gpu_static_step
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -60,6 +63,18 @@ def _recording_device() -> str:
     return "cpu" if INTERPRET else "cuda"
 
 
+@contextlib.contextmanager
+def _as_on_the_gpu() -> Iterator[None]:
+    """A GPU's decisions and bf16 support while its step is recorded here: the recording counts
+    launches, so a CPU without native bf16, where ``ssgan train`` refuses bf16 as slower than
+    fp32, records the same step (emulated)."""
+    from ssgan import precision
+    from ssgan.devices import decisions_of
+    with decisions_of("cuda"), mock.patch.object(precision, "missing_bf16_support",
+                                                 lambda device: None):
+        yield
+
+
 def model_step_launches(recipe: str, batch: int = 128, precision: str = "fp32") -> list[dict]:
     """Launches of one training step of ``recipe`` at its real shapes and ``precision``,
     recorded dry, with the decisions the trainer takes on a GPU
@@ -69,7 +84,6 @@ def model_step_launches(recipe: str, batch: int = 128, precision: str = "fp32") 
     from bench.gpu_compile import record_launches
     from bench.train_step import synthetic_svhn
     from ssgan.data import Dataset, Split
-    from ssgan.devices import decisions_of
 
     cfg = T.config_for(recipe, batch_size=batch, device=_recording_device(), kernels="triton",
                        progress=False, out_dir="/nonexistent", precision=precision)
@@ -79,7 +93,7 @@ def model_step_launches(recipe: str, batch: int = 128, precision: str = "fp32") 
                                            generator=g), torch.arange(4 * batch) % 10), None, 10)
     else:
         data = synthetic_svhn(max(4 * batch, cfg.labels))
-    with decisions_of("cuda"):
+    with _as_on_the_gpu():
         trainer = T.Trainer(cfg, data)
         idx = torch.arange(batch, device=trainer.device)
         with K.deferred_target_checks(), record_launches(dry=True) as launches:
@@ -284,11 +298,10 @@ def step_traffic(batch: int = 128) -> list[dict]:
     channels-last in bf16). The fused step is the trainer's graph-ready step, which a GPU
     replays from one CUDA graph: its launches are the graph's nodes; the stock step runs
     PyTorch's default (foreach) Adam."""
-    from ssgan.devices import decisions_of
     rows = []
     for recipe in RECIPES:
         for path in PATHS:
-            with decisions_of("cuda"):
+            with _as_on_the_gpu():
                 rows.append(_path_traffic(path, batch, recipe))
     return rows
 
