@@ -315,14 +315,15 @@ class _Reduction:
         self.grid = (blocks, self.splits)
         self.partials = torch.empty(self.splits, 2, len(bounds), plan.C,
                                     dtype=reference.compute_dtype(x.dtype), device=x.device)
-        self.counters = _arrival_counters(x.device, blocks)
+        stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
+        self.counters = _arrival_counters(x.device, blocks, stream)
 
 
 @functools.lru_cache(maxsize=None)
-def _arrival_counters(device: torch.device, blocks: int) -> torch.Tensor:
+def _arrival_counters(device: torch.device, blocks: int, stream: int) -> torch.Tensor:
     # zero between launches (each launch's last programs put them back), so made once: no
-    # launch per call, and a CUDA graph's replays find them zero. Launches that share them
-    # run in stream order, as one training step's do.
+    # launch per call, and a CUDA graph's replays find them zero. One set per stream, where
+    # launches run in order: launches on two streams at once never share one.
     return torch.zeros(blocks, dtype=torch.int32, device=device)
 
 
