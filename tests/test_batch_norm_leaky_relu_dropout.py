@@ -60,6 +60,33 @@ TWIN_CASES = [((6, 33, 2, 2), (4, 1, 1), "channels_last"), ((5, 3, 4, 4), (2, 2,
               ((9, 37, 5), (4, 5), "contiguous"), ((4, 6, 2, 2), (1, 1, 1, 1), "contiguous")]
 
 
+def _matches_the_twin(x, weight, bias, segments, running, *, p, seed, momentum):
+    """The op on x (in its dtype) with running statistics, forward and backward, against the
+    fp64 twin; returns the output."""
+    dtype = x.dtype
+    running_twin = [t.clone().double() for t in running]
+    args = [t.detach().requires_grad_() for t in (x, weight.to(dtype), bias.to(dtype))]
+    y = K.batch_norm_leaky_relu_dropout(*args, segments=segments, eps=EPS, p=p, seed=seed,
+                                        running_mean=running[0], running_var=running[1],
+                                        momentum=momentum)
+    # the truth starts from the same rounded inputs: a pre-activation that rounding moves
+    # across the kink would otherwise change every gradient of its segment and channel
+    truth_args = [t.detach().double().requires_grad_() for t in args]
+    truth = ref.batch_norm_leaky_relu_dropout(*truth_args, segments=segments, eps=EPS, p=p,
+                                              seed=seed, running_mean=running_twin[0],
+                                              running_var=running_twin[1], momentum=momentum)
+    assert_close_to_truth(y, truth, dtype, scale=4)
+    for got, want in zip(running, running_twin):
+        assert_close_to_truth(got, want, torch.float32)
+    dy = randn(*x.shape, dtype=torch.float64, device=x.device)
+    y.backward(dy.to(dtype))
+    truth.backward(dy)
+    for got, want in zip(args, truth_args):
+        assert got.grad.dtype == dtype
+        assert_close_to_truth(got.grad, want.grad, dtype, scale=20)
+    return y
+
+
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize("shape,segments,layout", TWIN_CASES)
 def test_matches_the_fp64_twin(backend, device, dtype, shape, segments, layout):
@@ -68,29 +95,10 @@ def test_matches_the_fp64_twin(backend, device, dtype, shape, segments, layout):
     x64, weight, bias = _inputs(shape, torch.float64, device, layout)
     x = x64.to(dtype)
     running = [torch.zeros(shape[1], device=device), torch.ones(shape[1], device=device)]
-    running_twin = [t.clone().double() for t in running]
-    args = [t.detach().requires_grad_() for t in (x, weight.to(dtype), bias.to(dtype))]
-    y = K.batch_norm_leaky_relu_dropout(*args, segments=segments, eps=EPS, p=0.4, seed=5,
-                                        running_mean=running[0], running_var=running[1],
-                                        momentum=0.3)
+    y = _matches_the_twin(x, weight, bias, segments, running, p=0.4, seed=5, momentum=0.3)
     assert K.backend_for(x) == backend and y.dtype == dtype and y.shape == x.shape
-    # the truth starts from the same rounded inputs: a pre-activation that rounding moves
-    # across the kink would otherwise change every gradient of its segment and channel
-    truth_args = [t.detach().double().requires_grad_() for t in args]
-    truth = ref.batch_norm_leaky_relu_dropout(*truth_args, segments=segments, eps=EPS, p=0.4,
-                                              seed=5, running_mean=running_twin[0],
-                                              running_var=running_twin[1], momentum=0.3)
-    assert_close_to_truth(y, truth, dtype, scale=4)
     if layout != "strided":   # the output keeps a native layout
         assert y.stride() == x.stride()
-    for got, want in zip(running, running_twin):
-        assert_close_to_truth(got, want, torch.float32)
-    dy = randn(*shape, dtype=torch.float64, device=device)
-    y.backward(dy.to(dtype))
-    truth.backward(dy)
-    for got, want in zip(args, truth_args):
-        assert got.grad.dtype == dtype
-        assert_close_to_truth(got.grad, want.grad, dtype, scale=20)
 
 
 # (shape, segments, input layout, requested output layout): G's dense output (channels-first
@@ -254,27 +262,10 @@ def test_reductions_split_over_programs_equal_the_twin(monkeypatch, device, dtyp
     monkeypatch.setattr(kernels, "MAX_SLICES", max_slices)
     x64, weight, bias = _inputs(shape, torch.float64, device, layout, mean=3.0)
     x = x64.to(dtype)
-    running = [torch.rand(shape[1], device=device), torch.rand(shape[1], device=device) + 0.5]
-    running_twin = [t.clone().double() for t in running]
-    args = [t.detach().requires_grad_() for t in (x, weight.to(dtype), bias.to(dtype))]
-    y = K.batch_norm_leaky_relu_dropout(*args, segments=segments, eps=EPS, p=0.3, seed=9,
-                                        running_mean=running[0], running_var=running[1],
-                                        momentum=0.2)
-    plan = kernels._Launch.plan(x)
     bounds = _checks.segment_bounds(segments, shape[0])
-    assert kernels._Reduction(x, plan, bounds).splits > 1
-    truth_args = [t.detach().double().requires_grad_() for t in args]
-    truth = ref.batch_norm_leaky_relu_dropout(*truth_args, segments=segments, eps=EPS, p=0.3,
-                                              seed=9, running_mean=running_twin[0],
-                                              running_var=running_twin[1], momentum=0.2)
-    assert_close_to_truth(y, truth, dtype, scale=4)
-    for got, want in zip(running, running_twin):
-        assert_close_to_truth(got, want, torch.float32)
-    dy = randn(*shape, dtype=torch.float64, device=device)
-    y.backward(dy.to(dtype))
-    truth.backward(dy)
-    for got, want in zip(args, truth_args):
-        assert_close_to_truth(got.grad, want.grad, dtype, scale=20)
+    assert kernels._Reduction(x, kernels._Launch.plan(x), bounds).splits > 1
+    running = [torch.rand(shape[1], device=device), torch.rand(shape[1], device=device) + 0.5]
+    _matches_the_twin(x, weight, bias, segments, running, p=0.3, seed=9, momentum=0.2)
     blocks = -(-shape[1] // kernels.BLOCK_CHANNELS)
     stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
     assert not kernels._arrival_counters(x.device, blocks, stream).any()
