@@ -119,7 +119,9 @@ def test_host_profile_writes_a_table_per_variant(tmp_path):
     kinds = {(r["primitive"], r["propagation"]) for r in rows}
     assert {("convolution", p) for p in ("forward_training", "backward_data",
                                          "backward_weights")} <= kinds
-    assert all(float(r["ms_per_step"]) > 0 and float(r["calls_per_step"]) >= 1 for r in rows)
+    # a tiny primitive of the smoke model can time 0 at oneDNN's clock resolution
+    assert all(float(r["ms_per_step"]) >= 0 and float(r["calls_per_step"]) >= 1 for r in rows)
+    assert sum(float(r["ms_per_step"]) for r in rows) > 0
     assert all(r["note"] == common.NOT_A_MEASUREMENT for r in rows)
     assert sum(float(r["ms_per_step"]) for r in rows) < 2 * float(rows[0]["step_ms"])
     assert "oneDNN's primitives report" in (tmp_path / "ssgan_onednn.md").read_text()
