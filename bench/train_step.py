@@ -169,6 +169,7 @@ def step_fn(variant: str, batch: int, smoke: bool, device: torch.device,
         # must outlive it, or their freed memory is reused and a replay gathers garbage
         # indices (a device-side assert on an H100 once other variants had allocated)
         return trainer
+    run.step_graph = runner
     return run
 
 
@@ -200,6 +201,9 @@ def prepare(variant: str, batch: int, smoke: bool, device: torch.device,
             run()
         _sync(device)
         row["warmup_s"] = time.perf_counter() - start
+        if variant.endswith("+cudagraph") and not run.step_graph.captured:
+            # StepGraph went on eagerly (its line in the log says why): not a graph's time
+            return {**row, "status": "failed: the step could not be captured in a CUDA graph"}
     except Exception as err:  # a variant that cannot run is reported, not fatal
         traceback.print_exc()  # the row keeps one line; the log keeps where it failed
         return {**row, "status": f"failed: {type(err).__name__}: {err}".splitlines()[0]}

@@ -76,6 +76,17 @@ def test_train_step_bench_smoke(tmp_path):
 
 
 @pytest.mark.compile
+def test_a_graphed_variant_whose_capture_fails_is_reported_not_timed(monkeypatch):
+    """A +cudagraph variant whose step StepGraph could not capture runs eagerly: its row says
+    so instead of timing the eager step under the graph's name (here: a CPU, where nothing
+    is captured, with the GPU-only guard lifted)."""
+    monkeypatch.setattr(train_step, "GPU_ONLY", ())
+    row = train_step.prepare("ssgan+cudagraph", 8, True, torch.device("cpu"))
+    assert row["status"].startswith("failed: the step could not be captured")
+    assert train_step.prepare("ssgan", 8, True, torch.device("cpu"))["status"] == "ok"
+
+
+@pytest.mark.compile
 def test_compiled_stock_step_runs_at_a_second_batch_size(tmp_path):
     """The second batch size recompiles, and AOTAutograd's donated buffers then refuse the
     simultaneous update's retain_graph (seen on an H100 at batch 512, and here)."""
