@@ -83,9 +83,9 @@ def to_unit_range(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> t
 
 @functools.lru_cache(maxsize=None)
 def _unit_range_operands(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
-    # made once, on the device: a CUDA graph cannot copy a host value in during its capture
-    minus_one, scale = (torch.tensor(v, dtype=dtype, device=device) for v in (-1.0, 127.5))
-    return minus_one, scale  # both exact in bf16
+    # made once, on the device: a CUDA graph cannot copy a host value in during its capture;
+    # both exact in bf16
+    return tuple(torch.tensor(v, dtype=dtype, device=device) for v in (-1.0, 127.5))
 
 
 # ---------------------------------------------------------------- SVHN
