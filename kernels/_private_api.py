@@ -27,6 +27,9 @@ Runtime (the package):
   its bf16 copy (an in-place op moves it; a Triton kernel's store does not).
 - ``torch.nn.utils.stateless._reparametrize_module`` (what ``torch.func.functional_call``
   runs): a bf16 step's model calls see the bf16 weights in place of the fp32 parameters.
+- ``torch._C._will_engine_execute_node``: whether the backward pass in progress runs a node (what
+  ``torch.autograd.graph.register_multi_grad_hook`` asks), so that ``ssgan.conv_grads`` computes
+  only the gradients that pass uses, as ATen's own backward functions do.
 - ``torch._inductor.runtime.cache_dir_utils.cache_dir``: where Inductor caches, for the
   trainer's first-run message.
 
@@ -142,7 +145,7 @@ __all__ = ["BackendCompilerFailed", "TorchDispatchMode", "assert_async", "clean_
            "inductor_config", "inductor_counters", "launch_specialization", "make_fx",
            "no_buffer_donation", "replaced_launches", "select_decomp_table",
            "tensors_swapped_in", "tree_leaves", "vector_isa_widths", "foreach_add_",
-           "version_of"]
+           "version_of", "will_engine_execute"]
 
 
 def _lerp_each_(targets: list, ends: list, weight: float) -> None:
@@ -163,6 +166,13 @@ def _add_each_(targets: list, value: float) -> None:
 def version_of(t: torch.Tensor) -> int:
     """``t``'s version counter: it moves with every in-place ATen op on t."""
     return t._version
+
+
+def will_engine_execute(node) -> bool:
+    """Whether the backward pass in progress runs ``node`` (an autograd node, or an input's
+    gradient accumulator): False for a gradient that ``torch.autograd.grad`` was not asked
+    for, nor needs on the way to one. Call it inside a backward function."""
+    return torch._C._will_engine_execute_node(node)
 
 
 def _no_async_assert(condition: torch.Tensor, message: str) -> None:

@@ -28,6 +28,9 @@ class DevicePolicy:
         with 1 or 3 channels a channels-last image fills few lanes of a CPU vector.
     subpixel_deconv: a transposed convolution with few output channels runs its forward as a
         convolution followed by ``pixel_shuffle`` (:mod:`ssgan.subpixel`).
+    rewritten_conv_grads: a convolution from few channels takes its input gradient as a
+        sub-pixel transposed convolution, and one with few output positions its weight
+        gradient as one matrix product (:mod:`ssgan.conv_grads`).
     lr_dtype: the dtype of the learning-rate tensor that every device's fused Adam reads (a
         CUDA graph replays the kernel that reads it): CUDA's kernel reads float32; the CPU's
         reads a double, so float64 there keeps a scheduled lr exact.
@@ -47,6 +50,7 @@ class DevicePolicy:
     bf16_memory_format: torch.memory_format
     conv_inputs_in_model_layout: bool
     subpixel_deconv: bool
+    rewritten_conv_grads: bool
     lr_dtype: torch.dtype
     cuda_graph: bool
     adam_writes_bf16_copies: bool
@@ -73,14 +77,14 @@ class DevicePolicy:
 POLICIES: dict[str, DevicePolicy] = {
     "cpu": DevicePolicy(memory_format=torch.channels_last,
                         bf16_memory_format=torch.channels_last, conv_inputs_in_model_layout=False,
-                        subpixel_deconv=True,
+                        subpixel_deconv=True, rewritten_conv_grads=True,
                         lr_dtype=torch.float64, cuda_graph=False, adam_writes_bf16_copies=False,
                         one_pass_discriminator=False, fused_batch_norm=True),
     # bf16 channels-last on a GPU, on paper: cuDNN's bf16 convolutions prefer it, and the fused
     # dropout's channels-last bf16 kernels meet their instruction budget (the gpu_compile tier)
     "cuda": DevicePolicy(memory_format=torch.contiguous_format,
                          bf16_memory_format=torch.channels_last, conv_inputs_in_model_layout=True,
-                         subpixel_deconv=False,
+                         subpixel_deconv=False, rewritten_conv_grads=False,
                          lr_dtype=torch.float32, cuda_graph=True, adam_writes_bf16_copies=True,
                          one_pass_discriminator=True, fused_batch_norm=True),
 }

@@ -18,6 +18,7 @@ import ssgan.kernels as K
 from ssgan import distributed
 from ssgan.devices import policy
 from ssgan.precision import spatial_mean
+from ssgan.conv_grads import conv
 from ssgan.subpixel import deconv
 
 if TYPE_CHECKING:
@@ -195,12 +196,12 @@ class Discriminator(nn.Module):
         # one draw of every dropout seed per pass, not one launch per dropout call
         seeds = K.dropout_seeds(3, x.device) if self.training else [None] * 3
         h = self.input_dropout(x, seed=seeds[0], memory_format=self.conv_input_layout)
-        h = self.act1(self.conv1(h), seed=seeds[1])
-        h = self.act2(self.conv2(h))
-        h = self.act3(self.conv3(h), segments, update_stats, seeds[2])
+        h = self.act1(conv(self.conv1, h), seed=seeds[1])
+        h = self.act2(conv(self.conv2, h))
+        h = self.act3(conv(self.conv3, h), segments, update_stats, seeds[2])
         for layer, act in ((self.conv4, self.act4), (self.conv5, self.act5)):
-            h = act(layer(h), segments, update_stats)
-        h = self.act7(self.conv7(h))
+            h = act(conv(layer, h), segments, update_stats)
+        h = self.act7(conv(self.conv7, h))
         # at least fp32 (bf16 under autocast): feature matching compares these means
         return spatial_mean(h, K.reference.compute_dtype(h.dtype))
 

@@ -66,7 +66,7 @@ def _pixel_shuffle_channels_first(y: torch.Tensor, stride: int) -> torch.Tensor:
             .reshape(b, c_out, h * stride, w * stride).contiguous())
 
 
-def _square(pair: object) -> int | None:
+def square_size(pair: object) -> int | None:
     """The common value of a (height, width) pair, None for a non-square one (or a string)."""
     return pair[0] if isinstance(pair, tuple) and pair[0] == pair[1] else None
 
@@ -80,7 +80,7 @@ def _plain(layer: nn.Module, x: torch.Tensor, channels: int) -> bool:
             and layer.padding_mode == "zeros")
 
 
-def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The dtype autocast gives a convolution on ``x``'s device, None outside autocast."""
     kind = x.device.type
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
@@ -95,7 +95,7 @@ class _NarrowConvTranspose(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, output_padding):
         dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        compute = _autocast_dtype(x)
+        compute = autocast_dtype(x)
         if compute is not None:
             x, weight = x.to(compute), weight.to(compute)
             bias = None if bias is None else bias.to(compute)
@@ -121,7 +121,7 @@ def deconv(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     most ``MAX_NARROW_CHANNELS`` output channels, a bias and a square geometry that upsamples
     exactly by its stride runs its forward as a sub-pixel convolution (the same values up to
     rounding); every other layer, and every GPU, runs ``layer(x)``."""
-    k, s, p, op = (_square(v) for v in (layer.kernel_size, layer.stride, layer.padding,
+    k, s, p, op = (square_size(v) for v in (layer.kernel_size, layer.stride, layer.padding,
                                         layer.output_padding))
     if not _plain(layer, x, layer.out_channels) or None in (k, s, p, op) \
             or k + op - 2 * p != s:
