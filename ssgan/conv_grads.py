@@ -118,8 +118,7 @@ def conv(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     narrow, tiny = _rewrites(layer, x)
     if not (narrow or tiny):
         return layer(x)
-    # views of what needs a gradient: nodes of their own, which the backward can ask the
-    # engine about (it answers for no leaf under torch.autograd.grad)
-    x, weight, bias = (t.view_as(t) if t.requires_grad else t
-                       for t in (x, layer.weight, layer.bias))
+    # aliases (views with the same strides) of what needs a gradient: nodes of their own, which
+    # the backward can ask the engine about (it answers for no leaf under torch.autograd.grad)
+    x, weight, bias = (t[...] if t.requires_grad else t for t in (x, layer.weight, layer.bias))
     return _Conv2d.apply(x, weight, bias, layer.stride[0], layer.padding[0], narrow, tiny)

@@ -51,8 +51,13 @@ def subpixel_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     and a ``pixel_shuffle``. x float (B, C_in, H, W); weight (C_in, C_out, k, k), square;
     returns (B, C_out, stride * H, stride * W), channels-first."""
     w, before, after = _subpixel_weight(weight, stride, padding)
-    y = F.conv2d(F.pad(x, (before, after, before, after)), w,
-                 None if bias is None else bias.repeat_interleave(stride * stride))
+    # the convolution's own (symmetric) padding, then a crop to the one-sided padding's output:
+    # a padded copy of x costs more than the rows and columns computed in excess
+    pad = max(before, after)
+    y = F.conv2d(x, w, None if bias is None else bias.repeat_interleave(stride * stride),
+                 padding=pad)
+    top, bottom = pad - before, pad - after
+    y = y[..., top:y.shape[-2] - bottom, top:y.shape[-1] - bottom]
     return _pixel_shuffle_channels_first(y, stride)
 
 

@@ -187,3 +187,13 @@ def test_a_narrow_input_that_the_sub_pixel_form_cannot_make_takes_atens_gradient
     x = _input(3, 7)
     assert conv_grads._rewrites(layer, x) == (False, False)
     torch.testing.assert_close(F.conv2d(x, layer.weight, layer.bias, 2, 1), conv(layer, x))
+
+
+@pytest.mark.parametrize("c_in", [1, 3])
+def test_the_output_has_the_layers_layout(c_in):
+    """A one-channel channels-last weight is also contiguous: its alias must keep the strides,
+    or the output, and every gradient after it, changes layout (a copy per step)."""
+    layer = _layer(c_in, 8, 3, 2, 1, torch.float32).to(memory_format=torch.channels_last)
+    x = torch.randn(2, c_in, 8, 8, requires_grad=True)
+    assert conv_grads._rewrites(layer, x)[0]
+    assert conv(layer, x).stride() == layer(x).stride()
