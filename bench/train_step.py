@@ -78,20 +78,20 @@ DECISIONS = {"one-pass": {"one_pass_discriminator": True},
              "subpixel": {"subpixel_deconv": True},
              "aten-conv-grads": {"rewritten_conv_grads": False}}
 VARIANTS = ("ssgan", "ssgan+cudagraph", "ssgan+one-pass", "ssgan+multi-pass", "ssgan+fused-bn",
-            "ssgan+aten-bn", "ssgan+aten-conv-grads", "ssgan+multi-pass+cudagraph", "ssgan+aten-bn+cudagraph",
-            "ssgan+channels-last+cudagraph", "ssgan+subpixel+cudagraph", "stock",
-            "stock+compile", "stock+reduce-overhead", "stock+cudagraph", "stock+channels_last",
-            "reference", "ssgan+bf16", "ssgan+bf16+aten-conv-grads", "ssgan+bf16+cudagraph",
-            "ssgan+bf16+channels-first+cudagraph", "stock+bf16", "stock+bf16+compile",
-            "stock+bf16+reduce-overhead", "stock+bf16+cudagraph")
+            "ssgan+aten-bn", "ssgan+aten-conv-grads", "ssgan+multi-pass+cudagraph",
+            "ssgan+aten-bn+cudagraph", "ssgan+channels-last+cudagraph", "ssgan+subpixel+cudagraph",
+            "stock", "stock+compile", "stock+reduce-overhead", "stock+cudagraph",
+            "stock+channels_last", "reference", "ssgan+bf16", "ssgan+bf16+aten-conv-grads",
+            "ssgan+bf16+cudagraph", "ssgan+bf16+channels-first+cudagraph", "stock+bf16",
+            "stock+bf16+compile", "stock+bf16+reduce-overhead", "stock+bf16+cudagraph")
 BASELINES = ("stock", "stock+compile", "stock+reduce-overhead", "stock+cudagraph", "stock+bf16",
              "stock+bf16+compile", "stock+bf16+reduce-overhead", "stock+bf16+cudagraph")
 GPU_ONLY = tuple(v for v in VARIANTS if v.endswith(("+cudagraph", "+reduce-overhead")))
 # --precision bf16 times the bf16 variants beside fp32's (ssgan's and stock's) in one run
 PRECISION_VARIANTS = {
     "fp32": tuple(v for v in VARIANTS if "+bf16" not in v),
-    "bf16": ("ssgan+bf16", "ssgan+bf16+aten-conv-grads", "ssgan+bf16+cudagraph", "ssgan+bf16+channels-first+cudagraph",
-             "ssgan", "stock", "stock+compile",
+    "bf16": ("ssgan+bf16", "ssgan+bf16+aten-conv-grads", "ssgan+bf16+cudagraph",
+             "ssgan+bf16+channels-first+cudagraph", "ssgan", "stock", "stock+compile",
              "stock+bf16", "stock+bf16+compile", "stock+bf16+reduce-overhead",
              "stock+bf16+cudagraph"),
 }

@@ -16,9 +16,9 @@ from torch import nn
 
 import ssgan.kernels as K
 from ssgan import distributed
+from ssgan.conv_grads import conv
 from ssgan.devices import policy
 from ssgan.precision import spatial_mean
-from ssgan.conv_grads import conv
 from ssgan.subpixel import deconv
 
 if TYPE_CHECKING:
