@@ -1,11 +1,13 @@
 """The benchmarks run in their tiny smoke mode and write their CSVs, tables and plots."""
 import csv
+import dataclasses
 import time
 
 import pytest
 import torch
 
 from bench import common, host_profile, kernels, train_step
+from ssgan.devices import DevicePolicy, policy
 
 
 def read(path):
@@ -73,6 +75,21 @@ def test_train_step_bench_smoke(tmp_path):
     assert all(r["note"] == common.NOT_A_MEASUREMENT for r in rows.values())
     assert (tmp_path / "train_step.png").exists()
     assert "| vs stock |" in (tmp_path / "train_step.md").read_text()
+
+
+def test_a_variants_tags_set_the_decisions_they_name():
+    """Each tag in a variant's name sets its DevicePolicy fields for that variant's step, over
+    the device's own decisions: ssgan+aten-conv-grads is the CPU step with the convolution
+    gradients left to ATen, ssgan+multi-pass+cudagraph the GPU step one pass per segment."""
+    fields = {field.name for field in dataclasses.fields(DevicePolicy)}
+    assert all(set(changes) <= fields for changes in train_step.DECISIONS.values())
+    with train_step.decisions("ssgan+aten-conv-grads", torch.device("cpu")):
+        assert not policy("cpu").rewritten_conv_grads
+        assert not policy("cpu").one_pass_discriminator  # the CPU's own
+    assert policy("cpu").rewritten_conv_grads
+    with train_step.decisions("ssgan+multi-pass+cudagraph", torch.device("cuda")):
+        assert not policy("cuda").one_pass_discriminator
+        assert policy("cuda").cuda_graph  # the GPU's own
 
 
 @pytest.mark.compile
