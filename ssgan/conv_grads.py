@@ -114,9 +114,10 @@ def conv(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     bias, a narrow input (at most ``MAX_NARROW_CHANNELS`` channels) takes its gradient as a
     sub-pixel transposed convolution and a tiny output (at most ``MAX_TINY_POSITIONS``
     positions) gives the weight gradient as one matrix product (the same values up to
-    rounding); every other layer runs ``layer(x)``."""
-    narrow, tiny = _rewrites(layer, x)
-    if not (narrow or tiny):
+    rounding); every other layer, and every call without grad mode (evaluation, export), runs
+    ``layer(x)``."""
+    narrow, tiny = _rewrites(layer, x) if torch.is_grad_enabled() else (False, False)
+    if not (narrow or tiny):  # without grad mode there is no gradient to compute another way
         return layer(x)
     # aliases (views with the same strides) of what needs a gradient: nodes of their own, which
     # the backward can ask the engine about (it answers for no leaf under torch.autograd.grad)

@@ -173,6 +173,17 @@ def test_other_layers_run_as_themselves(layer, shape):
     assert torch.equal(out, layer(x))
 
 
+def test_without_grad_mode_the_layer_runs_as_itself():
+    """Evaluation and ``torch.export`` (under no_grad) see ATen's convolution alone, no alias
+    and no autograd Function: an exported classifier holds only ATen ops."""
+    layer = _layer(3, 8, 3, 2, 1)
+    x = _input(3, 8)
+    with torch.no_grad():
+        program = torch.export.export(_Wrapped(layer), (x.detach(),))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert targets == {"aten.conv2d.default"}
+
+
 def test_tiny_means_at_most_max_tiny_positions():
     layer = _layer(16, 16, 3, 1, 0)
     side = int(MAX_TINY_POSITIONS ** 0.5)
