@@ -370,8 +370,9 @@ def backward_triton(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     work = _Reduction(x, plan, bounds)
     _reduction_kernel[work.grid](
         dy, x, stats, weight, bias, seed, work.partials, work.counters, means, dweight, dbias,
-        *_segment_args(bounds), x.shape[0], plan.C, plan.S, work.splits, num_segments=segments, CHANNELS_LAST=plan.channels_last,
-        SWAPPED=swap_layout, BLOCK_R=BLOCK_ROWS, BLOCK_C=BLOCK_CHANNELS, **flags)
+        *_segment_args(bounds), x.shape[0], plan.C, plan.S, work.splits, num_segments=segments,
+        CHANNELS_LAST=plan.channels_last, SWAPPED=swap_layout, BLOCK_R=BLOCK_ROWS,
+        BLOCK_C=BLOCK_CHANNELS, **flags)
     dx = torch.empty_like(x)
     _backward_kernel[plan.grid](dy, x, dx, stats, means, weight, bias, seed,
                                 *_segment_args(bounds), *plan.args(), num_segments=segments,

@@ -20,7 +20,7 @@ from torch import nn
 
 from ssgan.devices import policy
 from ssgan.kernels._private_api import will_engine_execute
-from ssgan.subpixel import (MAX_NARROW_CHANNELS, autocast_dtype, square_size,
+from ssgan.subpixel import (MAX_NARROW_CHANNELS, autocast_dtype, plain_layer, square_size,
                             subpixel_conv_transpose)
 
 # output positions per image at or below which the weight gradient is one matrix product
@@ -31,9 +31,8 @@ def _rewrites(layer: nn.Conv2d, x: torch.Tensor) -> tuple[bool, bool]:
     """(input gradient as a sub-pixel transposed convolution, weight gradient as one matrix
     product) for ``layer`` on ``x``: which of this module's two gradients apply."""
     k, s, p = (square_size(v) for v in (layer.kernel_size, layer.stride, layer.padding))
-    if (not policy(x.device).rewritten_conv_grads or x.dim() != 4 or None in (k, s, p)
-            or layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros"
-            or layer.bias is None or x.shape[-1] != x.shape[-2]):
+    if (not policy(x.device).rewritten_conv_grads or not plain_layer(layer, x)
+            or None in (k, s, p) or x.shape[-1] != x.shape[-2]):
         return False, False
     out = (x.shape[-1] + 2 * p - k) // s + 1
     # the sub-pixel form makes exactly stride times its input: the input gradient must be that

@@ -76,13 +76,12 @@ def square_size(pair: object) -> int | None:
     return pair[0] if isinstance(pair, tuple) and pair[0] == pair[1] else None
 
 
-def _plain(layer: nn.Module, x: torch.Tensor, channels: int) -> bool:
-    """True when ``layer`` is an ungrouped, undilated layer with a bias and at most
-    ``MAX_NARROW_CHANNELS`` narrow-side channels, fed a batched image on a device whose
-    policy takes the sub-pixel form."""
-    return (policy(x.device).subpixel_deconv and x.dim() == 4 and channels <= MAX_NARROW_CHANNELS
-            and layer.bias is not None and layer.groups == 1 and layer.dilation == (1, 1)
-            and layer.padding_mode == "zeros")
+def plain_layer(layer: nn.Module, x: torch.Tensor) -> bool:
+    """True when ``layer`` is an ungrouped, undilated, zero-padded layer with a bias, fed a
+    batched image: the layers whose arithmetic this module and :mod:`ssgan.conv_grads`
+    rewrite."""
+    return (x.dim() == 4 and layer.bias is not None and layer.groups == 1
+            and layer.dilation == (1, 1) and layer.padding_mode == "zeros")
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -127,8 +126,9 @@ def deconv(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     exactly by its stride runs its forward as a sub-pixel convolution (the same values up to
     rounding); every other layer, and every GPU, runs ``layer(x)``."""
     k, s, p, op = (square_size(v) for v in (layer.kernel_size, layer.stride, layer.padding,
-                                        layer.output_padding))
-    if not _plain(layer, x, layer.out_channels) or None in (k, s, p, op) \
-            or k + op - 2 * p != s:
+                                            layer.output_padding))
+    if (not policy(x.device).subpixel_deconv or not plain_layer(layer, x)
+            or layer.out_channels > MAX_NARROW_CHANNELS or None in (k, s, p, op)
+            or k + op - 2 * p != s):
         return layer(x)
     return _NarrowConvTranspose.apply(x, layer.weight, layer.bias, s, p, op)

@@ -1,6 +1,7 @@
 """Shared test helpers: dtype-aware tolerances and fresh random data."""
 import pytest
 import torch
+from torch import nn
 
 from ssgan import precision
 
@@ -48,3 +49,23 @@ def inductor_diagonal(backend: str, case: int, dtype: int, dtypes: int,
     if backend == "inductor" and (case % dtypes != dtype or (cases is not None
                                                              and case >= cases)):
         pytest.skip("the Inductor path runs each case in one dtype (helpers.inductor_diagonal)")
+
+
+class LayerCall(nn.Module):
+    """``run(layer, x)`` as a module, so that gradcheck can feed the layer's weight and bias
+    through ``torch.func.functional_call``."""
+
+    def __init__(self, run, layer: nn.Module):
+        super().__init__()
+        self.run, self.layer = run, layer
+
+    def forward(self, x):
+        return self.run(self.layer, x)
+
+
+def gradcheck_layer_call(run, layer: nn.Module, x: torch.Tensor) -> bool:
+    """fp64 gradcheck of ``run(layer, x)`` in x and the layer's weight and bias."""
+    wrapped = LayerCall(run, layer)
+    w, b = (p.detach().clone().requires_grad_() for p in (layer.weight, layer.bias))
+    return torch.autograd.gradcheck(lambda x, w, b: torch.func.functional_call(
+        wrapped, {"layer.weight": w, "layer.bias": b}, (x,)), (x, w, b))

@@ -13,7 +13,7 @@ from ssgan.conv_grads import MAX_TINY_POSITIONS, conv
 from ssgan.devices import decisions_of
 from ssgan.subpixel import MAX_NARROW_CHANNELS
 
-from helpers import assert_close_to_truth
+from helpers import LayerCall, assert_close_to_truth, gradcheck_layer_call
 
 # (C_in, C_out, kernel, stride, padding, input size): narrow inputs (D's first layer and odd
 # ones) and tiny outputs (D's last layer, a strided one, a 1x1 output)
@@ -77,23 +77,7 @@ def test_values_and_gradients_equal_the_layers(geometry, layout):
 @pytest.mark.parametrize("geometry", [NARROW[2], TINY[1]], ids=["narrow", "tiny"])
 def test_gradcheck(geometry):
     c_in, c_out, k, s, p, size = geometry
-    layer = _layer(c_in, c_out, k, s, p)
-    x = _input(c_in, size, batch=2)
-    wrapped = _Wrapped(layer)
-    w, b = (param.detach().clone().requires_grad_() for param in (layer.weight, layer.bias))
-    assert torch.autograd.gradcheck(lambda x, w, b: torch.func.functional_call(
-        wrapped, {"layer.weight": w, "layer.bias": b}, (x,)), (x, w, b))
-
-
-class _Wrapped(nn.Module):
-    """Lets gradcheck feed the layer's weight and bias through torch.func.functional_call."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x):
-        return conv(self.layer, x)
+    assert gradcheck_layer_call(conv, _layer(c_in, c_out, k, s, p), _input(c_in, size, batch=2))
 
 
 @pytest.mark.parametrize("geometry", NARROW[:1] + TINY[:1], ids=["narrow", "tiny"])
@@ -179,7 +163,7 @@ def test_without_grad_mode_the_layer_runs_as_itself():
     layer = _layer(3, 8, 3, 2, 1)
     x = _input(3, 8)
     with torch.no_grad():
-        program = torch.export.export(_Wrapped(layer), (x.detach(),))
+        program = torch.export.export(LayerCall(conv, layer), (x.detach(),))
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert targets == {"aten.conv2d.default"}
 

@@ -8,6 +8,8 @@ from torch import nn
 from ssgan.kernels._private_api import TorchDispatchMode
 from ssgan.subpixel import MAX_NARROW_CHANNELS, deconv, subpixel_conv_transpose
 
+from helpers import gradcheck_layer_call
+
 
 def _fresh(layer: nn.Module, dtype=torch.float32) -> nn.Module:
     with torch.no_grad():  # weights well away from the default init's small scale
@@ -63,24 +65,10 @@ def test_narrow_deconv_equals_the_layer(c_in, c_out, size, channels_last):
                  torch.randn(3, c_out, 2 * size, 2 * size + 4, dtype=torch.float64))
 
 
-class _Wrapped(nn.Module):
-    """Lets gradcheck feed the layer's weight and bias through torch.func.functional_call."""
-
-    def __init__(self, run, layer):
-        super().__init__()
-        self.run, self.layer = run, layer
-
-    def forward(self, x):
-        return self.run(self.layer, x)
-
-
 def test_gradcheck():
-    layer = nn.ConvTranspose2d(4, 3, 5, 2, padding=2, output_padding=1)
-    wrapped = _Wrapped(deconv, _fresh(layer, torch.float64))
+    layer = _fresh(nn.ConvTranspose2d(4, 3, 5, 2, padding=2, output_padding=1), torch.float64)
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
-    w, b = (p.detach().clone().requires_grad_() for p in (layer.weight, layer.bias))
-    assert torch.autograd.gradcheck(lambda x, w, b: torch.func.functional_call(
-        wrapped, {"layer.weight": w, "layer.bias": b}, (x,)), (x, w, b))
+    assert gradcheck_layer_call(deconv, layer, x)
 
 
 def test_fp32_matches_fp64():
