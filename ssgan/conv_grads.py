@@ -20,7 +20,7 @@ from torch import nn
 
 from ssgan.devices import policy
 from ssgan.kernels._private_api import will_engine_execute
-from ssgan.subpixel import (MAX_NARROW_CHANNELS, autocast_dtype, plain_layer, square_size,
+from ssgan.subpixel import (MAX_NARROW_CHANNELS, autocast_inputs, plain_layer, square_size,
                             subpixel_conv_transpose)
 
 # output positions per image at or below which the weight gradient is one matrix product
@@ -72,14 +72,11 @@ class _Conv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, narrow, tiny):
-        dtypes = (x.dtype, weight.dtype, bias.dtype)
         # the nodes the three gradients flow into: the backward asks which the pass runs
         ctx.edges = [t.grad_fn for t in (x, weight, bias)]
-        compute = autocast_dtype(x)
-        if compute is not None:
-            x, weight, bias = x.to(compute), weight.to(compute), bias.to(compute)
+        x, weight, bias = autocast_inputs(x, weight, bias)
         ctx.save_for_backward(x, weight)
-        ctx.geometry, ctx.dtypes, ctx.rewrites = (stride, padding), dtypes, (narrow, tiny)
+        ctx.geometry, ctx.rewrites = (stride, padding), (narrow, tiny)
         with torch.autocast(x.device.type, enabled=False):
             return F.conv2d(x, weight, bias, stride, padding)
 
@@ -102,8 +99,8 @@ class _Conv2d(torch.autograd.Function):
                 rest)
             grads = [aten_grad if use else grad for grad, aten_grad, use
                      in zip(grads, aten, rest)]
-        grads = [None if grad is None or not want else grad.to(dtype)
-                 for grad, want, dtype in zip(grads, wanted, ctx.dtypes)]
+        # the matrix product gives the weight's and the bias's gradients together
+        grads = [grad if want else None for grad, want in zip(grads, wanted)]
         return (*grads, None, None, None, None)
 
 

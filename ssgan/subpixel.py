@@ -84,27 +84,28 @@ def plain_layer(layer: nn.Module, x: torch.Tensor) -> bool:
             and layer.dilation == (1, 1) and layer.padding_mode == "zeros")
 
 
-def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """The dtype autocast gives a convolution on ``x``'s device, None outside autocast."""
-    kind = x.device.type
-    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+def autocast_inputs(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """``tensors`` (None passes through) in the dtype autocast gives a convolution on the first
+    one's device, as they are outside autocast: ATen's ``convolution_backward`` needs one dtype
+    for all its tensors. The autograd engine casts each gradient back to its input's dtype
+    (fp32 master weights get fp32 gradients)."""
+    kind = tensors[0].device.type
+    if not torch.is_autocast_enabled(kind):
+        return tensors
+    compute = torch.get_autocast_dtype(kind)
+    return tuple(None if t is None else t.to(compute) for t in tensors)
 
 
 class _NarrowConvTranspose(torch.autograd.Function):
     """A narrow transposed convolution: sub-pixel forward, ATen backward. Under autocast it
     computes in autocast's dtype, as ``layer(x)`` would, and its backward hands every input a
-    gradient in that input's own dtype (fp32 master weights get fp32 gradients): ATen's
-    ``convolution_backward`` needs one dtype for all its tensors."""
+    gradient in that input's own dtype (:func:`autocast_inputs`)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, output_padding):
-        dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        compute = autocast_dtype(x)
-        if compute is not None:
-            x, weight = x.to(compute), weight.to(compute)
-            bias = None if bias is None else bias.to(compute)
+        x, weight, bias = autocast_inputs(x, weight, bias)
         ctx.save_for_backward(x, weight)
-        ctx.geometry, ctx.dtypes = (stride, padding, output_padding), dtypes
+        ctx.geometry = (stride, padding, output_padding)
         with torch.autocast(x.device.type, enabled=False):
             return subpixel_conv_transpose(x, weight, bias, stride, padding)
 
@@ -115,8 +116,6 @@ class _NarrowConvTranspose(torch.autograd.Function):
         dx, dw, db = torch.ops.aten.convolution_backward(
             dy.to(x.dtype), x, weight, [weight.shape[1]], [s, s], [p, p], [1, 1], True,
             [op, op], 1, list(ctx.needs_input_grad[:3]))
-        dx, dw, db = (None if g is None else g.to(dtype)
-                      for g, dtype in zip((dx, dw, db), ctx.dtypes))
         return dx, dw, db, None, None, None
 
 
